@@ -1,0 +1,1 @@
+"""ptycho_fast"""
