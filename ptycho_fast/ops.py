@@ -57,17 +57,29 @@ def _real_dtype(t: torch.Tensor) -> torch.dtype:
 # --------------------------------------------------------------------------------------
 # Fake kernels and autograd (only when the compiled ops exist).
 # --------------------------------------------------------------------------------------
+def _check_same_device(op: str, *named: tuple[str, torch.Tensor | None]) -> None:
+    """The device check of the C++ launchers, for the fake kernels (a meta tensor never
+    reaches C++)."""
+    (first_name, first), *rest = [(n, t) for n, t in named if t is not None]
+    for name, t in rest:
+        if t.device != first.device:
+            raise ValueError(f"{op}: {first_name} is on {first.device} but {name} is on {t.device}; "
+                             "move them to the same device")
+
+
 if HAVE_EXTENSION:
     _ops = torch.ops.ptycho_fast
 
     @torch.library.register_fake("ptycho_fast::extract_patches")
     def _extract_fake(canvas, positions, patch_h, patch_w):
+        _check_same_device("extract_patches", ("canvas", canvas), ("positions", positions))
         torch._check(canvas.dim() in (2, 3), lambda: "extract_patches: canvas must be (H, W) or (B, H, W)")
         torch._check(positions.dim() == canvas.dim(), lambda: "extract_patches: positions must be (P, 2) or (B, P, 2)")
         return canvas.new_empty((*positions.shape[:-1], patch_h, patch_w))
 
     @torch.library.register_fake("ptycho_fast::stitch_patches")
     def _stitch_fake(patches, positions, height, width, weights=None):
+        _check_same_device("stitch_patches", ("patches", patches), ("positions", positions), ("weights", weights))
         torch._check(patches.dim() in (3, 4), lambda: "stitch_patches: patches must be (P, h, w) or (B, P, h, w)")
         canvas = patches.new_empty((*patches.shape[:-3], height, width))
         real = _real_dtype(patches)
@@ -82,6 +94,8 @@ if HAVE_EXTENSION:
 
     @torch.library.register_fake("ptycho_fast::position_grad")
     def _position_grad_fake(canvas, positions, grad_patches):
+        _check_same_device("position_grad", ("canvas", canvas), ("positions", positions),
+                           ("grad_patches", grad_patches))
         return torch.empty_like(positions)
 
     # extract and stitch are linear in the data and each other's adjoint, so each one's

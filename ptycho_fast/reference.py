@@ -23,7 +23,11 @@ def _batched(x: torch.Tensor, data: torch.Tensor, unbatched_dim: int):
 
 
 def _split(positions: torch.Tensor, dtype: torch.dtype):
-    """Integer base (int64) and fraction (in the data's real dtype) of each position."""
+    """Integer base (int64) and fraction (in the data's real dtype) of each position.
+
+    Split in float64 like the kernels: in float32, x - floor(x) rounds for negative x
+    (-2**-30 would give a fraction of exactly 1.0)."""
+    positions = positions.to(torch.float64)
     base = torch.floor(positions)
     frac = (positions - base).to(dtype)
     return base.to(torch.int64), frac
@@ -133,7 +137,7 @@ def patch_stats(patches: torch.Tensor, view: str = "auto"):
     values = stats_view(patches, view)
     out_dtype = values.dtype
     flat = values.to(torch.float64).flatten(-2)
-    if flat.shape[-1] == 0:
+    if flat.numel() == 0:
         nan = flat.new_full(flat.shape[:-1], float("nan")).to(out_dtype)
         return nan, nan.clone(), nan.clone(), nan.clone()
     var, mean = torch.var_mean(flat, dim=-1, correction=0)

@@ -111,21 +111,23 @@ struct WeightReader {
 // The adjoint seen from the canvas: the total that canvas pixel (base_y + i, base_x + j)
 // receives from one patch of ph x pw pixels. Patch pixel (i, j) adds wy0*wx0 of itself
 // to canvas (i, j), wy0*wx1 to (i, j+1), wy1*wx0 to (i+1, j), wy1*wx1 to (i+1, j+1); so
-// canvas (i, j) gathers patch rows i (wy0) and i-1 (wy1), columns j (wx0) and j-1 (wx1).
-// Used by every stitch kernel (CPU bands, CUDA deterministic), so all run this sum.
+// canvas (i, j) gathers patch rows i (wy0) and i-1 (wy1), columns j (wx0) and j-1 (wx1):
+// a bilinear_interp of the patch with the corners mirrored, missing pixels read as 0.
+// Every stitch kernel runs this arithmetic (the CPU one on whole padded rows).
+template <typename T>
+HOST_DEVICE T stitch_combine(T here, T left, T up, T up_left, const BilinearWeights<T>& w) {
+  return bilinear_interp(here, left, up, up_left, w);
+}
+
 template <typename T, typename Read>
 HOST_DEVICE T stitch_gather(const Read& read, int64_t ph, int64_t pw, int64_t i, int64_t j,
                             const BilinearWeights<T>& w) {
-  T acc = T(0);
-  for (int64_t di = 0; di < 2; ++di) {
-    const int64_t pi = i - di;
-    if (!in_range(pi, ph)) continue;
-    T t = T(0);
-    if (in_range(j, pw)) t += w.wx0 * read(pi, j);
-    if (in_range(j - 1, pw)) t += w.wx1 * read(pi, j - 1);
-    acc += (di == 0 ? w.wy0 : w.wy1) * t;
-  }
-  return acc;
+  const bool row_i = in_range(i, ph), row_up = in_range(i - 1, ph);
+  const bool col_j = in_range(j, pw), col_left = in_range(j - 1, pw);
+  return stitch_combine(row_i && col_j ? read(i, j) : T(0),
+                        row_i && col_left ? read(i, j - 1) : T(0),
+                        row_up && col_j ? read(i - 1, j) : T(0),
+                        row_up && col_left ? read(i - 1, j - 1) : T(0), w);
 }
 
 }  // namespace ptycho_fast

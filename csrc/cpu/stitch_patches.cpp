@@ -11,6 +11,7 @@
 #include <torch/library.h>
 
 #include <optional>
+#include <vector>
 
 #include "../common/bilinear.h"
 #include "../common/tensor_args.h"
@@ -21,19 +22,52 @@ namespace {
 
 constexpr int64_t kBandRows = 16;
 
-// Adds one patch into the canvas rows [row_lo, row_hi) it covers.
-template <typename T, typename Read>
-inline void gather_patch_into_rows(const Read& read, T* canvas, int64_t W, int64_t K, int64_t k,
-                                   int64_t ph, int64_t pw, const AxisSplit& sy,
-                                   const AxisSplit& sx, const BilinearWeights<T>& w,
-                                   int64_t row_lo, int64_t row_hi) {
-  const int64_t c_lo = std::max<int64_t>(0, sx.base);
-  const int64_t c_hi = std::min<int64_t>(W, sx.base + pw + 1);
+// One patch row, (optionally) weighted, with a zero pixel on each side, so that every
+// canvas column of the patch window reads its two patch columns without a bounds test.
+// A row outside the patch is all zeros.
+template <typename T>
+inline void load_padded_row(T* padded, const T* patch, const T* weight, int64_t i, int64_t ph,
+                            int64_t pw, int64_t K) {
+  std::fill(padded, padded + K, T(0));
+  std::fill(padded + (pw + 1) * K, padded + (pw + 2) * K, T(0));
+  T* dst = padded + K;
+  if (!in_range(i, ph)) {
+    std::fill(dst, dst + pw * K, T(0));
+    return;
+  }
+  const T* src = patch + i * pw * K;
+  if (weight == nullptr) {
+    std::copy(src, src + pw * K, dst);
+    return;
+  }
+  const T* wrow = weight + i * pw;
+  for (int64_t j = 0; j < pw; ++j) {
+    for (int64_t k = 0; k < K; ++k) dst[j * K + k] = wrow[j] * src[j * K + k];
+  }
+}
+
+// Adds one patch (ph x pw x K; weighted when weight != nullptr) into canvas rows
+// [row_lo, row_hi): canvas row base_y + i gathers padded patch rows i and i - 1
+// (stitch_combine, the arithmetic every stitch kernel shares), vectorised along rows.
+template <typename T>
+void add_patch_rows(T* canvas, int64_t W, int64_t K, const T* patch, const T* weight, int64_t ph,
+                    int64_t pw, const AxisSplit& sy, const AxisSplit& sx,
+                    const BilinearWeights<T>& w, int64_t row_lo, int64_t row_hi, T* row_buf,
+                    T* up_buf) {
+  // Canvas columns base_x .. base_x + pw, clipped to the canvas; m indexes (col, k).
+  const int64_t c_lo = std::max<int64_t>(0, sx.base), c_hi = std::min<int64_t>(W, sx.base + pw + 1);
+  if (c_lo >= c_hi) return;
+  const int64_t m_lo = (c_lo - sx.base) * K, m_hi = (c_hi - sx.base) * K;
+  load_padded_row(up_buf, patch, weight, row_lo - sy.base - 1, ph, pw, K);
   for (int64_t r = row_lo; r < row_hi; ++r) {
-    T* row = canvas + r * W * K;
-    for (int64_t c = c_lo; c < c_hi; ++c) {
-      row[c * K + k] += stitch_gather<T>(read, ph, pw, r - sy.base, c - sx.base, w);
+    load_padded_row(row_buf, patch, weight, r - sy.base, ph, pw, K);
+    T* __restrict out = canvas + (r * W + sx.base) * K;
+    const T* __restrict here = row_buf + K;  // here[m - K] is the pixel to the left
+    const T* __restrict up = up_buf + K;
+    for (int64_t m = m_lo; m < m_hi; ++m) {
+      out[m] += stitch_combine(here[m], here[m - K], up[m], up[m - K], w);
     }
+    std::swap(row_buf, up_buf);
   }
 }
 
@@ -43,36 +77,35 @@ void stitch_kernel(const T* patches, const double* positions, const T* weights,
                    int64_t ph, int64_t pw, int64_t K, int64_t H, int64_t W) {
   const int64_t bands = (H + kBandRows - 1) / kBandRows;
   at::parallel_for(0, B * bands, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> buffers(4 * (pw + 2) * K);
+    T* row_buf = buffers.data();
+    T* up_buf = row_buf + (pw + 2) * K;
+    T* wrow_buf = up_buf + (pw + 2) * K;
+    T* wup_buf = wrow_buf + (pw + 2) * K;
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / bands;
       const int64_t band_lo = (task % bands) * kBandRows;
       const int64_t band_hi = std::min<int64_t>(H, band_lo + kBandRows);
-      T* img = canvas + b * H * W * K;
-      T* wimg = weight_map ? weight_map + b * H * W : nullptr;
+      // Patches in index order, each into this band's rows only: the order of additions
+      // into a pixel is the patch order, whatever the split into tasks.
       for (int64_t p = 0; p < P; ++p) {
         const int64_t bp = b * P + p;
         const AxisSplit sy = split_coordinate(positions[2 * bp]);
-        const AxisSplit sx = split_coordinate(positions[2 * bp + 1]);
         // A patch touches canvas rows base .. base + ph (the last through wy1).
         const int64_t row_lo = std::max<int64_t>(band_lo, sy.base);
         const int64_t row_hi = std::min<int64_t>(band_hi, sy.base + ph + 1);
         if (row_lo >= row_hi) continue;
+        const AxisSplit sx = split_coordinate(positions[2 * bp + 1]);
         const BilinearWeights<T> w = bilinear_weights<T>(sy.frac, sx.frac);
         const T* patch = patches + bp * ph * pw * K;
-        if (weights == nullptr) {
-          for (int64_t k = 0; k < K; ++k) {
-            gather_patch_into_rows(PatchReader<T>{patch, pw, K, k}, img, W, K, k, ph, pw, sy, sx,
-                                   w, row_lo, row_hi);
-          }
-          continue;
+        const T* wpatch =
+            weights == nullptr ? nullptr : weights + (weights_per_patch ? bp * ph * pw : 0);
+        add_patch_rows(canvas + b * H * W * K, W, K, patch, wpatch, ph, pw, sy, sx, w, row_lo,
+                       row_hi, row_buf, up_buf);
+        if (wpatch != nullptr) {
+          add_patch_rows(weight_map + b * H * W, W, int64_t(1), wpatch, static_cast<const T*>(nullptr),
+                         ph, pw, sy, sx, w, row_lo, row_hi, wrow_buf, wup_buf);
         }
-        const T* wpatch = weights + (weights_per_patch ? bp * ph * pw : 0);
-        for (int64_t k = 0; k < K; ++k) {
-          gather_patch_into_rows(WeightedPatchReader<T>{patch, wpatch, pw, K, k}, img, W, K, k,
-                                 ph, pw, sy, sx, w, row_lo, row_hi);
-        }
-        gather_patch_into_rows(WeightReader<T>{wpatch, pw}, wimg, W, 1, 0, ph, pw, sy, sx, w,
-                               row_lo, row_hi);
       }
     }
   });

@@ -1,0 +1,89 @@
+// CUDA kernel of extract_patches: one thread per output value (b, p, i, j, k), reading
+// the four canvas corners with zero padding (common/bilinear.h, the CPU's arithmetic).
+#include <ATen/Dispatch.h>
+#include <ATen/ops/empty.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <limits>
+
+#include "../common/bilinear.h"
+#include "../common/tensor_args.h"
+
+namespace ptycho_fast {
+namespace {
+
+constexpr int kThreads = 256;
+// Grid-stride loops cover any size; more blocks than this only adds scheduling.
+constexpr int64_t kMaxBlocks = int64_t{1} << 20;
+
+// index_t: int32 when every flat index fits (divisions are several times cheaper),
+// int64 otherwise; memory offsets are always computed in int64.
+template <typename T, typename index_t>
+__global__ void extract_kernel(const T* __restrict__ canvas, const double* __restrict__ positions,
+                               T* __restrict__ out, index_t total, index_t H, index_t W,
+                               index_t K, index_t P, index_t ph, index_t pw) {
+  const index_t stride = static_cast<index_t>(blockDim.x) * gridDim.x;
+  for (index_t idx = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
+       idx += stride) {
+    index_t t = idx;
+    const index_t k = t % K;
+    t /= K;
+    const index_t j = t % pw;
+    t /= pw;
+    const index_t i = t % ph;
+    const index_t bp = t / ph;
+    const T* img = canvas + static_cast<int64_t>(bp / P) * H * W * K;
+    const AxisSplit sy = split_coordinate(positions[2 * static_cast<int64_t>(bp)]);
+    const AxisSplit sx = split_coordinate(positions[2 * static_cast<int64_t>(bp) + 1]);
+    const BilinearWeights<T> w = bilinear_weights<T>(sy.frac, sx.frac);
+    const Corners<T> c = canvas_corners<T>(img, H, W, K, sy.base + i, sx.base + j, k);
+    out[idx] = bilinear_interp(c.v00, c.v01, c.v10, c.v11, w);
+  }
+}
+
+template <typename T, typename index_t>
+void launch_extract(const SamplingArgs& a, at::Tensor& out, int64_t ph, int64_t pw,
+                    cudaStream_t stream) {
+  const int64_t total = out.numel();
+  const int64_t blocks = std::min<int64_t>((total + kThreads - 1) / kThreads, kMaxBlocks);
+  extract_kernel<T, index_t><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
+      a.canvas.const_data_ptr<T>(), a.positions.const_data_ptr<double>(),
+      out.mutable_data_ptr<T>(), static_cast<index_t>(total), static_cast<index_t>(a.H),
+      static_cast<index_t>(a.W), static_cast<index_t>(a.K), static_cast<index_t>(a.P),
+      static_cast<index_t>(ph), static_cast<index_t>(pw));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+at::Tensor extract_patches_cuda(const at::Tensor& canvas, const at::Tensor& positions,
+                                int64_t patch_h, int64_t patch_w) {
+  const char* op = "extract_patches";
+  check_patch_size(op, patch_h, patch_w);
+  // No finiteness check here: it would synchronise; ops.py checks CUDA positions.
+  const SamplingArgs a = sampling_args(op, canvas, positions);
+  const c10::cuda::CUDAGuard guard(a.canvas.device());
+  at::Tensor out = at::empty({a.B, a.P, patch_h, patch_w, a.K}, a.canvas.options());
+  if (out.numel() > 0) {
+    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+    // Every index the kernel forms (flat output index, canvas offsets) stays below this.
+    const int64_t largest = std::max<int64_t>(out.numel(), a.canvas.numel());
+    const bool small = largest < std::numeric_limits<int32_t>::max() / 2;
+    AT_DISPATCH_FLOATING_TYPES(a.canvas.scalar_type(), "extract_patches_cuda", [&] {
+      if (small) {
+        launch_extract<scalar_t, int32_t>(a, out, patch_h, patch_w, stream);
+      } else {
+        launch_extract<scalar_t, int64_t>(a, out, patch_h, patch_w, stream);
+      }
+    });
+  }
+  return unbatched(from_real_channels(out, a.is_complex), a.is_batched);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(ptycho_fast, CUDA, m) { m.impl("extract_patches", &extract_patches_cuda); }
+
+}  // namespace ptycho_fast

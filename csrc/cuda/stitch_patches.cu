@@ -1,0 +1,200 @@
+// CUDA kernels of stitch_patches (the adjoint of extract_patches), optionally weighted.
+//
+// Default: one thread per patch value scatters its four bilinear shares into the canvas
+// with atomicAdd (and, for channel 0, the weight's shares into the weight map). Fast,
+// but the order of the additions into a pixel varies from run to run.
+// Deterministic (torch.use_deterministic_algorithms(True)): one thread per canvas pixel
+// gathers the contributions of the patches in index order with stitch_gather, the very
+// sum the CPU kernel runs, so results are identical on every run.
+#include <ATen/Context.h>
+#include <ATen/Dispatch.h>
+#include <ATen/ops/zeros.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <limits>
+#include <optional>
+
+#include "../common/bilinear.h"
+#include "../common/tensor_args.h"
+
+namespace ptycho_fast {
+namespace {
+
+constexpr int kThreads = 256;
+// Grid-stride loops cover any size; more blocks than this only adds scheduling.
+constexpr int64_t kMaxBlocks = int64_t{1} << 20;
+
+inline unsigned blocks_for(int64_t n) {
+  return static_cast<unsigned>(std::min<int64_t>((n + kThreads - 1) / kThreads, kMaxBlocks));
+}
+
+// Adds the four bilinear shares of value v (patch pixel (i, j) of a patch based at
+// (y0, x0)) into channel k of a (H, W, K) canvas, dropping pixels outside it. The shares
+// are wy * (wx * v), grouped as in stitch_gather.
+template <typename T>
+__device__ __forceinline__ void scatter_value(T* img, int64_t H, int64_t W, int64_t K, int64_t k,
+                                              int64_t r, int64_t c, const BilinearWeights<T>& w,
+                                              T v) {
+  const T cx[2] = {w.wx0 * v, w.wx1 * v};
+  const T wy[2] = {w.wy0, w.wy1};
+#pragma unroll
+  for (int dy = 0; dy < 2; ++dy) {
+    if (!in_range(r + dy, H)) continue;
+#pragma unroll
+    for (int dx = 0; dx < 2; ++dx) {
+      if (!in_range(c + dx, W)) continue;
+      atomicAdd(img + ((r + dy) * W + c + dx) * K + k, wy[dy] * cx[dx]);
+    }
+  }
+}
+
+// One thread per patch value (b, p, i, j, k). weights: nullptr, (ph, pw) shared, or one
+// (ph, pw) window per patch; weight_map is written only when weights are given.
+template <typename T, typename index_t>
+__global__ void stitch_atomic_kernel(const T* __restrict__ patches,
+                                     const double* __restrict__ positions,
+                                     const T* __restrict__ weights, bool weights_per_patch,
+                                     T* __restrict__ canvas, T* __restrict__ weight_map,
+                                     index_t total, index_t P, index_t ph, index_t pw, index_t K,
+                                     index_t H, index_t W) {
+  const index_t stride = static_cast<index_t>(blockDim.x) * gridDim.x;
+  for (index_t idx = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
+       idx += stride) {
+    index_t t = idx;
+    const index_t k = t % K;
+    t /= K;
+    const index_t j = t % pw;
+    t /= pw;
+    const index_t i = t % ph;
+    const index_t bp = t / ph;
+    const int64_t b = bp / P;
+    const AxisSplit sy = split_coordinate(positions[2 * static_cast<int64_t>(bp)]);
+    const AxisSplit sx = split_coordinate(positions[2 * static_cast<int64_t>(bp) + 1]);
+    const BilinearWeights<T> w = bilinear_weights<T>(sy.frac, sx.frac);
+    const T* patch = patches + static_cast<int64_t>(bp) * ph * pw * K;
+    T* img = canvas + b * H * W * K;
+    const int64_t r = sy.base + i, c = sx.base + j;
+    if (weights == nullptr) {
+      scatter_value(img, H, W, K, k, r, c, w, PatchReader<T>{patch, pw, K, k}(i, j));
+      continue;
+    }
+    const T* wpatch = weights + (weights_per_patch ? static_cast<int64_t>(bp) * ph * pw : 0);
+    scatter_value(img, H, W, K, k, r, c, w, WeightedPatchReader<T>{patch, wpatch, pw, K, k}(i, j));
+    if (k == 0) {
+      scatter_value(weight_map + b * H * W, H, W, int64_t{1}, int64_t{0}, r, c, w,
+                    WeightReader<T>{wpatch, pw}(i, j));
+    }
+  }
+}
+
+// One thread per canvas pixel (b, r, c): all K channels and the weight map, each summed
+// over the patches in index order, exactly as the CPU kernel sums them.
+template <typename T, typename index_t>
+__global__ void stitch_gather_kernel(const T* __restrict__ patches,
+                                     const double* __restrict__ positions,
+                                     const T* __restrict__ weights, bool weights_per_patch,
+                                     T* __restrict__ canvas, T* __restrict__ weight_map,
+                                     index_t total, index_t P, index_t ph, index_t pw, index_t K,
+                                     index_t H, index_t W) {
+  const index_t stride = static_cast<index_t>(blockDim.x) * gridDim.x;
+  for (index_t idx = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
+       idx += stride) {
+    const index_t c = idx % W;
+    const index_t r = (idx / W) % H;
+    const int64_t b = idx / (W * H);
+    // K is 1 (real) or 2 (complex); the sums stay in registers, starting from 0 as the
+    // CPU kernel's zeroed canvas does.
+    T acc[2] = {T(0), T(0)};
+    T wacc = T(0);
+    for (index_t p = 0; p < P; ++p) {
+      const int64_t bp = b * P + p;
+      const AxisSplit sy = split_coordinate(positions[2 * bp]);
+      const AxisSplit sx = split_coordinate(positions[2 * bp + 1]);
+      // A patch touches canvas rows base_y .. base_y + ph and columns base_x .. base_x + pw.
+      if (r < sy.base || r > sy.base + ph || c < sx.base || c > sx.base + pw) continue;
+      const BilinearWeights<T> w = bilinear_weights<T>(sy.frac, sx.frac);
+      const T* patch = patches + bp * ph * pw * K;
+      const int64_t i = r - sy.base, j = c - sx.base;
+      if (weights == nullptr) {
+#pragma unroll
+        for (int k = 0; k < 2; ++k) {
+          if (k < K) acc[k] += stitch_gather<T>(PatchReader<T>{patch, pw, K, k}, ph, pw, i, j, w);
+        }
+        continue;
+      }
+      const T* wpatch = weights + (weights_per_patch ? bp * ph * pw : 0);
+#pragma unroll
+      for (int k = 0; k < 2; ++k) {
+        if (k < K) {
+          acc[k] += stitch_gather<T>(WeightedPatchReader<T>{patch, wpatch, pw, K, k}, ph, pw, i,
+                                     j, w);
+        }
+      }
+      wacc += stitch_gather<T>(WeightReader<T>{wpatch, pw}, ph, pw, i, j, w);
+    }
+    T* out = canvas + static_cast<int64_t>(idx) * K;
+#pragma unroll
+    for (int k = 0; k < 2; ++k) {
+      if (k < K) out[k] = acc[k];
+    }
+    if (weights != nullptr) weight_map[idx] = wacc;
+  }
+}
+
+template <typename T, typename index_t>
+void launch_stitch(const StitchArgs& a, at::Tensor& canvas, at::Tensor& weight_map,
+                   int64_t height, int64_t width, bool deterministic, cudaStream_t stream) {
+  const at::Tensor& w = a.weights;
+  const T* weights = w.defined() ? w.const_data_ptr<T>() : nullptr;
+  T* wmap = w.defined() ? weight_map.mutable_data_ptr<T>() : nullptr;
+  const int64_t total = deterministic ? a.B * height * width : a.patches.numel();
+  auto kernel = deterministic ? stitch_gather_kernel<T, index_t> : stitch_atomic_kernel<T, index_t>;
+  kernel<<<blocks_for(total), kThreads, 0, stream>>>(
+      a.patches.const_data_ptr<T>(), a.positions.const_data_ptr<double>(), weights,
+      a.weights_per_patch, canvas.mutable_data_ptr<T>(), wmap, static_cast<index_t>(total),
+      static_cast<index_t>(a.P), static_cast<index_t>(a.ph), static_cast<index_t>(a.pw),
+      static_cast<index_t>(a.K), static_cast<index_t>(height), static_cast<index_t>(width));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+std::tuple<at::Tensor, at::Tensor> stitch_patches_cuda(const at::Tensor& patches,
+                                                       const at::Tensor& positions,
+                                                       int64_t height, int64_t width,
+                                                       const std::optional<at::Tensor>& weights) {
+  // No finiteness check here: it would synchronise; ops.py checks CUDA positions.
+  const StitchArgs a = stitch_args(patches, positions, height, width, weights);
+  const c10::cuda::CUDAGuard guard(a.patches.device());
+  const at::Tensor& q = a.patches;
+  at::Tensor canvas = at::zeros({a.B, height, width, a.K}, q.options());
+  at::Tensor weight_map =
+      at::zeros({a.weights.defined() ? a.B * height * width : 0}, q.options());
+  // Nothing lands on an empty canvas, and no patch value means nothing to add.
+  if (canvas.numel() > 0 && q.numel() > 0) {
+    const bool deterministic = at::globalContext().deterministicAlgorithms();
+    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+    // Every index the kernels form (flat thread index, canvas and patch offsets) stays
+    // below this; int32 indices when it fits.
+    const int64_t largest = std::max<int64_t>(canvas.numel(), q.numel());
+    const bool small = largest < std::numeric_limits<int32_t>::max() / 2;
+    AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "stitch_patches_cuda", [&] {
+      if (small) {
+        launch_stitch<scalar_t, int32_t>(a, canvas, weight_map, height, width, deterministic,
+                                         stream);
+      } else {
+        launch_stitch<scalar_t, int64_t>(a, canvas, weight_map, height, width, deterministic,
+                                         stream);
+      }
+    });
+  }
+  return stitch_outputs(a, canvas, weight_map, height, width);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(ptycho_fast, CUDA, m) { m.impl("stitch_patches", &stitch_patches_cuda); }
+
+}  // namespace ptycho_fast
