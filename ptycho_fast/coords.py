@@ -1,0 +1,109 @@
+"""The coordinate convention, converted in exactly one place (DESIGN.md §3, docs/data.md).
+
+Data files (PtychoPINN NPZ, our HDF5) hold each scan position as the **probe centre in
+object pixels**: ``xcoords`` is the column, ``ycoords`` the row. In memory, positions are
+``(P, 2)`` arrays of ``(row, col)`` = ``(y, x)`` centres.
+
+The kernels (``ptycho_fast.ops``) take the ``(row, col)`` of each patch's **top-left**
+pixel. A patch of size N centred at ``(y, x)`` has its top-left pixel at
+``(y - N/2, x - N/2)``, so for integer positions ``patch[N/2, N/2] == object[y, x]``::
+
+        col x-N/2        col x        col x+N/2-1
+    row y-N/2 +------------+-------------+
+              |            :             |
+    row y     |. . . . . . * . . . . . . |     * = object[y, x] = patch[N/2, N/2]
+              |            :             |
+    row y+N/2-1 +----------+-------------+
+
+ptychodus product files hold positions in metres relative to the object centre;
+``metres_to_pixels`` / ``pixels_to_metres`` convert them (ptychodus' own mapping:
+``x_px = (x_m - centre_x_m) / pixel_width_m + W/2``).
+
+Every other module calls these functions instead of writing ``± N/2`` itself. They work
+on numpy arrays and torch tensors alike and keep the input's type and float dtype.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "centres_to_top_left", "top_left_to_centres", "positions_from_xy", "xy_from_positions",
+    "pixels_to_metres", "metres_to_pixels",
+]
+
+
+def _half(n: int) -> float:
+    n = int(n)
+    if n <= 0 or n % 2:
+        raise ValueError(f"patch size N must be a positive even integer, got {n}")
+    return n / 2.0
+
+
+def _float_positions(yx: Any):
+    """(…, 2) float array/tensor; integers become float64 (numpy) or the default dtype (torch)."""
+    try:
+        import torch
+        if isinstance(yx, torch.Tensor):
+            if yx.shape[-1:] != (2,):
+                raise ValueError(f"positions must have a last axis of length 2 (row, col), got shape {tuple(yx.shape)}")
+            return yx if yx.is_floating_point() else yx.to(torch.get_default_dtype())
+    except ImportError:  # pragma: no cover - torch is a hard dependency
+        pass
+    arr = np.asarray(yx)
+    if arr.shape[-1:] != (2,):
+        raise ValueError(f"positions must have a last axis of length 2 (row, col), got shape {arr.shape}")
+    return arr if np.issubdtype(arr.dtype, np.floating) else arr.astype(np.float64)
+
+
+def centres_to_top_left(yx_centres, N: int):
+    """Probe centres ``(…, 2)`` (row, col) -> top-left pixel of each N x N patch."""
+    return _float_positions(yx_centres) - _half(N)
+
+
+def top_left_to_centres(yx_top_left, N: int):
+    """Top-left pixel ``(…, 2)`` (row, col) of each N x N patch -> probe centres."""
+    return _float_positions(yx_top_left) + _half(N)
+
+
+def positions_from_xy(xcoords, ycoords) -> np.ndarray:
+    """File columns ``xcoords`` (column) and ``ycoords`` (row), each (P,) -> (P, 2) float64 (row, col)."""
+    x = np.asarray(xcoords, dtype=np.float64).reshape(-1)
+    y = np.asarray(ycoords, dtype=np.float64).reshape(-1)
+    if x.shape != y.shape:
+        raise ValueError(f"xcoords and ycoords must have the same length, got {x.size} and {y.size}")
+    return np.stack([y, x], axis=-1)
+
+
+def xy_from_positions(positions) -> tuple[np.ndarray, np.ndarray]:
+    """(P, 2) (row, col) centres -> ``(xcoords, ycoords)`` for writing files."""
+    pos = np.asarray(positions, dtype=np.float64)
+    return pos[..., 1].copy(), pos[..., 0].copy()
+
+
+def pixels_to_metres(positions, object_shape, pixel_size_m, centre_m=(0.0, 0.0)) -> tuple[np.ndarray, np.ndarray]:
+    """(P, 2) (row, col) centres in object pixels -> ptychodus ``(x_m, y_m)``.
+
+    ``object_shape`` is (H, W); ``pixel_size_m`` a scalar or (height_m, width_m);
+    ``centre_m`` the object centre (y_m, x_m) in metres.
+    """
+    pos = np.asarray(positions, dtype=np.float64)
+    h, w = (float(s) for s in object_shape[-2:])
+    dy, dx = np.broadcast_to(np.asarray(pixel_size_m, dtype=np.float64), (2,))
+    cy, cx = (float(c) for c in centre_m)
+    x_m = cx + dx * (pos[..., 1] - w / 2.0)
+    y_m = cy + dy * (pos[..., 0] - h / 2.0)
+    return x_m, y_m
+
+
+def metres_to_pixels(x_m, y_m, object_shape, pixel_size_m, centre_m=(0.0, 0.0)) -> np.ndarray:
+    """ptychodus ``(x_m, y_m)`` -> (P, 2) (row, col) centres in object pixels (inverse of
+    :func:`pixels_to_metres`)."""
+    h, w = (float(s) for s in object_shape[-2:])
+    dy, dx = np.broadcast_to(np.asarray(pixel_size_m, dtype=np.float64), (2,))
+    cy, cx = (float(c) for c in centre_m)
+    col = (np.asarray(x_m, dtype=np.float64) - cx) / dx + w / 2.0
+    row = (np.asarray(y_m, dtype=np.float64) - cy) / dy + h / 2.0
+    return positions_from_xy(col, row)

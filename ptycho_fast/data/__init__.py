@@ -1,0 +1,104 @@
+"""Data layer: the dataset type, file formats, grouping (docs/data.md).
+
+``load_dataset(path)`` recognises a file by its content, not its name:
+
+* a ZIP archive -> PtychoPINN NPZ (:mod:`.npz`);
+* HDF5 with ``format = "ptycho_fast.dataset"`` -> our layout (:mod:`.hdf5`);
+* HDF5 with ``probe_position_x_m`` -> a ptychodus product (:mod:`.ptychodus`), read with
+  its companion diffraction file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import h5py
+
+from .dataset import (DataError, DataWarning, Metadata, PtychoDataset, UserError, atomic_output)
+from .grouping import Groups, group_positions
+from .hdf5 import H5DatasetWriter, LazyDiffraction, is_our_h5, read_h5, write_h5
+from .npz import read_npz, write_npz
+from .ptychodus import (is_ptychodus_diffraction, is_ptychodus_product, read_ptychodus,
+                        write_ptychodus, write_ptychodus_product)
+
+__all__ = [
+    "DataError", "DataWarning", "UserError", "Metadata", "PtychoDataset", "atomic_output",
+    "Groups", "group_positions", "LazyDiffraction", "H5DatasetWriter",
+    "read_npz", "write_npz", "read_h5", "write_h5", "read_ptychodus", "write_ptychodus",
+    "write_ptychodus_product", "load_dataset", "save_dataset", "detect_format", "FORMATS",
+]
+
+FORMATS = ("npz", "h5", "ptychodus")
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
+_NPY_MAGIC = b"\x93NUMPY"
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+
+def detect_format(path: str | os.PathLike) -> str:
+    """'npz', 'h5' (ours) or 'ptychodus', from the file's content; DataError otherwise."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, expected a data file (NPZ or HDF5)")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    if not head:
+        raise DataError(f"{path}: is empty")
+    if head[:4] in _ZIP_MAGIC:
+        return "npz"
+    if head.startswith(_NPY_MAGIC):
+        raise DataError(f"{path}: is a single .npy array, expected an NPZ archive or an HDF5 file")
+    if head == _HDF5_MAGIC or h5py.is_hdf5(path):
+        try:
+            with h5py.File(path, "r") as f:
+                if is_our_h5(f):
+                    return "h5"
+                if is_ptychodus_product(f):
+                    return "ptychodus"
+                if is_ptychodus_diffraction(f):
+                    raise DataError(f"{path}: is a ptychodus diffraction file (patterns only); "
+                                    "load the ptychodus product file that goes with it")
+                if "diffraction" in f and "probe" in f:
+                    return "h5"  # our layout without the format attribute
+                keys = ", ".join(sorted(f.keys())) or "nothing"
+        except OSError as exc:
+            raise DataError(f"{path}: not a readable HDF5 file (truncated or corrupt: {exc})") from None
+        raise DataError(f"{path}: HDF5 file of unknown layout (found: {keys}); expected ours "
+                        "(format attribute 'ptycho_fast.dataset') or a ptychodus product")
+    raise DataError(f"{path}: unrecognised file format; expected a PtychoPINN NPZ or an HDF5 file")
+
+
+def load_dataset(path: str | os.PathLike, lazy: bool = False, diffraction_path=None,
+                 edge_policy: str = "warn") -> PtychoDataset:
+    """Read any supported file (see module doc). ``lazy`` keeps the diffraction of our HDF5
+    layout on disk (stream it with ``dataset.iter_batches``; close the dataset after)."""
+    fmt = detect_format(path)
+    if fmt == "npz":
+        return read_npz(path, edge_policy=edge_policy)
+    if fmt == "h5":
+        return read_h5(path, lazy=lazy, edge_policy=edge_policy)
+    return read_ptychodus(path, diffraction_path=diffraction_path, edge_policy=edge_policy)
+
+
+def format_from_suffix(path: str | os.PathLike) -> str | None:
+    suffix = Path(path).suffix.lower()
+    return {".npz": "npz", ".h5": "h5", ".hdf5": "h5", ".hdf": "h5"}.get(suffix)
+
+
+def save_dataset(dataset: PtychoDataset, path: str | os.PathLike, format: str | None = None):
+    """Write ``dataset`` as 'npz', 'h5' (ours) or 'ptychodus' (product + diffraction file);
+    the format defaults from the suffix (.npz, .h5/.hdf5). Written atomically."""
+    fmt = format or format_from_suffix(path)
+    if fmt not in FORMATS:
+        raise DataError(f"{path}: cannot tell the output format from the name; give one of "
+                        f"{', '.join(FORMATS)}")
+    if fmt == "npz":
+        return write_npz(dataset, path)
+    if fmt == "h5":
+        return write_h5(dataset, path)
+    return write_ptychodus(dataset, path)

@@ -1,0 +1,360 @@
+"""The in-memory dataset type, its validation, and small I/O helpers shared by the formats.
+
+A :class:`PtychoDataset` holds (DESIGN.md §3, docs/data.md):
+
+* ``diffraction`` (P, N, N) float32 **amplitudes** (sqrt of counts), fftshifted; an
+  in-memory array or a lazily read HDF5 dataset (:class:`ptycho_fast.data.hdf5.LazyDiffraction`);
+* ``positions`` (P, 2) float64 probe **centres** (row, col) in object pixels;
+* ``probe`` (N, N) or incoherent modes (M, N, N) complex64;
+* optional ``object`` (H, W) complex64 ground truth, ``scan_index`` (P,) int64,
+  ``positions_start`` (P, 2) (the positions before any refinement), and :class:`Metadata`.
+
+Everything is checked on construction; each problem raises :class:`DataError` naming the
+file, the key and what was expected.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+
+from .. import coords
+
+__all__ = [
+    "UserError", "DataError", "DataWarning", "Metadata", "PtychoDataset", "atomic_output",
+    "as_amplitude", "check_amplitudes", "untranspose_legacy_stack",
+]
+
+_CHECK_CHUNK = 1024  # patterns per validation block (bounded temporary memory)
+
+
+class UserError(ValueError):
+    """An error caused by the user's input (a file, a key, an option). The CLI reports it as
+    one line ``ptycho-fast: error: ...`` with exit code 2 and no traceback."""
+
+
+class DataError(UserError):
+    """A data file is missing, unreadable, or holds keys of the wrong shape, dtype or value."""
+
+
+class DataWarning(UserWarning):
+    """Something in a data file is unusual but usable (e.g. patches reaching past the object)."""
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically
+    (``os.replace``), on any error it is removed: readers never see a half-written file."""
+    path = Path(path)
+    directory = path.parent if str(path.parent) else Path(".")
+    if not directory.is_dir():
+        raise DataError(f"{path}: cannot write: directory {directory} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~_umask())
+        os.replace(tmp_path, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp_path.unlink()
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@dataclass
+class Metadata:
+    """Optional acquisition facts (None = unknown). Units are in the names."""
+    photons_per_pattern: float | None = None  # mean counts per diffraction pattern
+    pixel_size_m: float | None = None         # object pixel size
+    energy_eV: float | None = None            # photon energy
+    distance_m: float | None = None           # sample-detector distance
+
+    KEYS = ("photons_per_pattern", "pixel_size_m", "energy_eV", "distance_m")
+
+    def to_dict(self) -> dict[str, float]:
+        """The known values only."""
+        return {k: float(getattr(self, k)) for k in self.KEYS if getattr(self, k) is not None}
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any], source: str = "<memory>") -> "Metadata":
+        out = {}
+        for key in cls.KEYS:
+            if key not in values:
+                continue
+            raw = np.asarray(values[key])
+            if raw.size != 1 or not np.issubdtype(raw.dtype, np.number) or np.iscomplexobj(raw):
+                raise DataError(f"{source}: metadata key '{key}': expected a real number, "
+                                f"got {raw.dtype} of shape {raw.shape}")
+            value = float(raw.reshape(()))
+            if not np.isfinite(value):
+                raise DataError(f"{source}: metadata key '{key}': expected a finite number, got {value}")
+            out[key] = value
+        return cls(**out)
+
+
+def as_amplitude(block: np.ndarray) -> np.ndarray:
+    """Amplitudes as float32: integer data are detector **counts** and become sqrt(counts)
+    (converted to float first: squaring or summing uint16 cannot overflow); float data are
+    already amplitudes."""
+    block = np.asarray(block)
+    if np.issubdtype(block.dtype, np.integer) or block.dtype == np.bool_:
+        return np.sqrt(block.astype(np.float32))
+    return block.astype(np.float32, copy=False)
+
+
+def check_amplitudes(block: np.ndarray, where: str, first_index: int = 0) -> None:
+    """Raise DataError if a block of amplitudes holds NaN/Inf or negative values."""
+    finite = np.isfinite(block)
+    if not finite.all():
+        bad = int(np.argwhere(~finite.reshape(finite.shape[0], -1).all(axis=1))[0, 0])
+        raise DataError(f"{where}: pattern {first_index + bad} contains NaN or Inf")
+    if (block < 0).any():
+        bad = int(np.argwhere((block < 0).reshape(block.shape[0], -1).any(axis=1))[0, 0])
+        raise DataError(f"{where}: pattern {first_index + bad} has negative amplitudes "
+                        "(diffraction must be sqrt(counts) >= 0)")
+
+
+def untranspose_legacy_stack(diffraction, n_positions: int, where: str):
+    """A legacy (N, N, P) stack becomes (P, N, N); a (P, N, N) stack is returned as is.
+
+    A stack is legacy when its first two axes are equal, its last axis equals the number
+    of positions and its first does not (a (N, N, N) stack with P == N is read as (P, N, N)).
+    """
+    shape = tuple(diffraction.shape)
+    if len(shape) != 3:
+        raise DataError(f"{where}: expected a (P, N, N) stack of patterns, got shape {shape}")
+    if shape[0] == shape[1] and shape[2] == n_positions and shape[0] != n_positions:
+        return np.ascontiguousarray(np.transpose(np.asarray(diffraction), (2, 0, 1)))
+    return diffraction
+
+
+def _describe(arr) -> str:
+    return f"{getattr(arr, 'dtype', type(arr).__name__)} of shape {tuple(getattr(arr, 'shape', ()))}"
+
+
+@dataclass(eq=False)
+class PtychoDataset:
+    """Diffraction amplitudes, scan positions, probe [, object, metadata]. See module doc."""
+
+    diffraction: Any
+    positions: np.ndarray
+    probe: np.ndarray
+    object: np.ndarray | None = None
+    scan_index: np.ndarray | None = None
+    positions_start: np.ndarray | None = None
+    metadata: Metadata = field(default_factory=Metadata)
+    #: where the data came from, for error messages
+    source: str = field(default="<memory>", repr=False)
+    #: file key of each field, for error messages (e.g. {"probe": "probeGuess"})
+    key_names: Mapping[str, str] = field(default_factory=dict, repr=False)
+    #: what to do with positions whose patches reach past the object: "warn" or "error"
+    #: (a centre outside the object is always an error)
+    edge_policy: str = field(default="warn", repr=False)
+
+    def __post_init__(self) -> None:
+        self._validate()
+
+    # ------------------------------------------------------------------ validation
+    def _key(self, name: str) -> str:
+        return self.key_names.get(name, name)
+
+    def _fail(self, name: str, message: str):
+        raise DataError(f"{self.source}: key '{self._key(name)}': {message}")
+
+    def _validate(self) -> None:
+        if self.edge_policy not in ("warn", "error"):
+            raise ValueError(f"edge_policy must be 'warn' or 'error', got {self.edge_policy!r}")
+        # Diffraction: shape and dtype (values below, for in-memory arrays).
+        d = self.diffraction
+        if not hasattr(d, "shape") or not hasattr(d, "dtype"):
+            d = self.diffraction = np.asarray(d)
+        if len(d.shape) != 3:
+            self._fail("diffraction", f"expected a (P, N, N) stack of amplitudes, got {_describe(d)}")
+        if np.issubdtype(d.dtype, np.complexfloating):
+            self._fail("diffraction", f"expected real amplitudes (sqrt of counts), got {d.dtype}")
+        if not (np.issubdtype(d.dtype, np.number) or d.dtype == np.bool_):
+            self._fail("diffraction", f"expected numbers, got {_describe(d)}")
+        P, h, w = (int(s) for s in d.shape)
+        if P == 0:
+            self._fail("diffraction", "holds no diffraction patterns (P = 0)")
+        if h != w:
+            self._fail("diffraction", f"patterns must be square (N, N), got {h} x {w}")
+        if w < 2 or w % 2:
+            self._fail("diffraction", f"the pattern size N must be even and >= 2, got N = {w}")
+        N = w
+        if isinstance(d, np.ndarray):
+            self.diffraction = as_amplitude(d)
+            for start in range(0, P, _CHECK_CHUNK):
+                check_amplitudes(self.diffraction[start:start + _CHECK_CHUNK],
+                                 f"{self.source}: key '{self._key('diffraction')}'", start)
+
+        # Positions.
+        pos = np.asarray(self.positions)
+        if pos.ndim != 2 or pos.shape[1] != 2:
+            self._fail("positions", f"expected (P, 2) (row, col) probe centres, got {_describe(pos)}")
+        if not np.issubdtype(pos.dtype, np.number) or np.iscomplexobj(pos):
+            self._fail("positions", f"expected real numbers, got {pos.dtype}")
+        pos = pos.astype(np.float64)
+        if pos.shape[0] != P:
+            raise DataError(f"{self.source}: {P} diffraction patterns ('{self._key('diffraction')}') "
+                            f"but {pos.shape[0]} scan positions ('{self._key('positions')}')")
+        if not np.isfinite(pos).all():
+            self._fail("positions", "contains NaN or Inf")
+        self.positions = pos
+
+        # Probe: (N, N) or modes (M, N, N).
+        probe = np.asarray(self.probe)
+        if probe.ndim not in (2, 3) or probe.shape[-2:] != (N, N) or (probe.ndim == 3 and probe.shape[0] < 1):
+            self._fail("probe", f"expected (N, N) or (M, N, N) with N = {N} (the pattern size), "
+                                f"got {_describe(probe)}")
+        if not np.issubdtype(probe.dtype, np.number):
+            self._fail("probe", f"expected complex numbers, got {probe.dtype}")
+        probe = probe.astype(np.complex64)
+        if not np.isfinite(probe).all():
+            self._fail("probe", "contains NaN or Inf")
+        if not np.abs(probe).any():
+            self._fail("probe", "is zero everywhere")
+        self.probe = probe
+
+        # Optional fields.
+        if self.object is not None:
+            obj = np.asarray(self.object)
+            if obj.ndim == 3 and obj.shape[0] == 1:
+                obj = obj[0]
+            if obj.ndim != 2 or min(obj.shape) < 1:
+                self._fail("object", f"expected a 2-D (H, W) complex object, got {_describe(obj)}")
+            if not np.issubdtype(obj.dtype, np.number):
+                self._fail("object", f"expected complex numbers, got {obj.dtype}")
+            obj = obj.astype(np.complex64)
+            if not np.isfinite(obj).all():
+                self._fail("object", "contains NaN or Inf")
+            self.object = obj
+            self._check_positions_in_object(N)
+        if self.scan_index is not None:
+            idx = np.asarray(self.scan_index)
+            if idx.shape != (P,) or not (np.issubdtype(idx.dtype, np.integer)
+                                         or (np.issubdtype(idx.dtype, np.floating)
+                                             and np.array_equal(idx, np.round(idx)))):
+                self._fail("scan_index", f"expected ({P},) integers, got {_describe(idx)}")
+            self.scan_index = idx.astype(np.int64)
+        if self.positions_start is not None:
+            ps = np.asarray(self.positions_start)
+            if ps.shape != (P, 2) or not np.issubdtype(ps.dtype, np.number) or np.iscomplexobj(ps):
+                self._fail("positions_start", f"expected ({P}, 2) real numbers, got {_describe(ps)}")
+            ps = ps.astype(np.float64)
+            if not np.isfinite(ps).all():
+                self._fail("positions_start", "contains NaN or Inf")
+            self.positions_start = ps
+        if not isinstance(self.metadata, Metadata):
+            self.metadata = Metadata.from_mapping(self.metadata, self.source)
+
+    def _check_positions_in_object(self, N: int) -> None:
+        H, W = self.object.shape
+        y, x = self.positions[:, 0], self.positions[:, 1]
+        outside = (y < 0) | (y > H - 1) | (x < 0) | (x > W - 1)
+        if outside.any():
+            i = int(np.argmax(outside))
+            raise DataError(
+                f"{self.source}: {int(outside.sum())} scan positions lie outside the "
+                f"{H} x {W} object ('{self._key('object')}'); e.g. position {i} at "
+                f"(row {y[i]:.2f}, col {x[i]:.2f}). Positions are probe centres in object "
+                "pixels (xcoords = column, ycoords = row)")
+        top_left = coords.centres_to_top_left(self.positions, N)
+        partial = ((top_left < 0).any(axis=1) | (top_left[:, 0] + N - 1 > H - 1)
+                   | (top_left[:, 1] + N - 1 > W - 1))
+        if partial.any():
+            message = (f"{self.source}: {int(partial.sum())} of {len(partial)} patches reach past "
+                       f"the edge of the {H} x {W} object; pixels outside read as zero")
+            if self.edge_policy == "error":
+                raise DataError(message)
+            warnings.warn(message, DataWarning, stacklevel=4)
+
+    # ------------------------------------------------------------------ accessors
+    @property
+    def n_patterns(self) -> int:
+        return int(self.diffraction.shape[0])
+
+    def __len__(self) -> int:
+        return self.n_patterns
+
+    @property
+    def N(self) -> int:  # noqa: N802 - the conventional name
+        return int(self.diffraction.shape[-1])
+
+    @property
+    def probe_modes(self) -> np.ndarray:
+        """The probe as (M, N, N) modes."""
+        return self.probe if self.probe.ndim == 3 else self.probe[None]
+
+    @property
+    def xcoords(self) -> np.ndarray:
+        return coords.xy_from_positions(self.positions)[0]
+
+    @property
+    def ycoords(self) -> np.ndarray:
+        return coords.xy_from_positions(self.positions)[1]
+
+    def top_left(self) -> np.ndarray:
+        """(P, 2) (row, col) of each patch's top-left pixel: what ``ops.extract_patches`` takes."""
+        return coords.centres_to_top_left(self.positions, self.N)
+
+    @property
+    def is_lazy(self) -> bool:
+        return not isinstance(self.diffraction, np.ndarray)
+
+    def iter_batches(self, batch_size: int = 1024, indices=None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield ``(indices, amplitudes)`` blocks of at most ``batch_size`` patterns, reading a
+        lazy file block by block (each block validated as it is read)."""
+        if self.is_lazy:
+            yield from self.diffraction.iter_batches(batch_size, indices)
+            return
+        order = np.arange(self.n_patterns) if indices is None else np.asarray(indices, dtype=np.int64)
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            yield idx, self.diffraction[idx]
+
+    def load(self) -> "PtychoDataset":
+        """An in-memory copy (reads a lazy file whole)."""
+        if not self.is_lazy:
+            return self
+        return dataclasses.replace(self, diffraction=self.diffraction[:])
+
+    def subset(self, indices) -> "PtychoDataset":
+        """The patterns at ``indices`` (in memory)."""
+        idx = np.asarray(indices, dtype=np.int64)
+        return dataclasses.replace(
+            self, diffraction=np.asarray(self.diffraction[idx]), positions=self.positions[idx],
+            scan_index=None if self.scan_index is None else self.scan_index[idx],
+            positions_start=None if self.positions_start is None else self.positions_start[idx])
+
+    def close(self) -> None:
+        """Close a lazily read file (no-op in memory)."""
+        close = getattr(self.diffraction, "close", None)
+        if self.is_lazy and close is not None:
+            close()
+
+    def __enter__(self) -> "PtychoDataset":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def summary(self) -> str:
+        probe = f"probe {self.probe.shape[0]} modes" if self.probe.ndim == 3 else "probe"
+        obj = "no object" if self.object is None else f"object {self.object.shape[0]}x{self.object.shape[1]}"
+        return f"{self.n_patterns} patterns N={self.N}, {probe}, {obj}"

@@ -1,0 +1,328 @@
+"""Our own HDF5 layout: chunked, compressed diffraction that can be streamed in batches.
+
+Layout (format_version 1, docs/data.md)::
+
+    /                 attrs: format="ptycho_fast.dataset", format_version=1, convention=...,
+                             [photons_per_pattern, pixel_size_m, energy_eV, distance_m]
+    /diffraction      (P, N, N) float32 amplitudes sqrt(counts), fftshifted;
+                      chunks (min(P, 64), N, N), gzip level 4 + shuffle
+    /xcoords /ycoords (P,) float64 probe centres in object pixels (column, row)
+    /probe            (N, N) or (M, N, N) complex64
+    /object           (H, W) complex64            optional ground truth
+    /scan_index       (P,) int64                  optional
+    /xcoords_start /ycoords_start (P,) float64    optional
+
+``read_h5(path, lazy=True)`` leaves the diffraction on disk: ``dataset.iter_batches(B)``
+reads it block by block (validated as it goes), so a dataset larger than memory can be
+streamed. :class:`H5DatasetWriter` writes one incrementally (the simulator uses it).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator
+
+import h5py
+import numpy as np
+
+from .. import coords
+from .dataset import (DataError, Metadata, PtychoDataset, as_amplitude, atomic_output,
+                      check_amplitudes, untranspose_legacy_stack)
+
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "LazyDiffraction", "H5DatasetWriter", "read_h5",
+           "write_h5", "is_our_h5"]
+
+FORMAT_NAME = "ptycho_fast.dataset"
+FORMAT_VERSION = 1
+CONVENTION = ("xcoords/ycoords are probe centres in object pixels (xcoords = column, ycoords = row); "
+              "a patch centred at (y, x) has top-left (y - N/2, x - N/2); diffraction is "
+              "sqrt(counts), float32, zero frequency at the array centre")
+_REQUIRED = {
+    "diffraction": "(P, N, N) float32 diffraction amplitudes",
+    "probe": "(N, N) complex probe",
+    "xcoords": "(P,) probe-centre columns in object pixels",
+    "ycoords": "(P,) probe-centre rows in object pixels",
+}
+
+
+def _open_h5(path: Path) -> h5py.File:
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, expected an HDF5 file")
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        raise DataError(f"{path}: not a readable HDF5 file (truncated or corrupt: {exc})") from None
+
+
+def is_our_h5(f: h5py.File) -> bool:
+    return str(f.attrs.get("format", "")) == FORMAT_NAME
+
+
+def _dataset(f: h5py.File, key: str, path: Path) -> h5py.Dataset:
+    obj = f.get(key)
+    if not isinstance(obj, h5py.Dataset):
+        raise DataError(f"{path}: '{key}' is not a dataset")
+    return obj
+
+
+def _read(f: h5py.File, key: str, path: Path) -> np.ndarray:
+    try:
+        data = _dataset(f, key, path)[()]
+    except (OSError, RuntimeError, ValueError, KeyError) as exc:
+        raise DataError(f"{path}: key '{key}' cannot be read (truncated or corrupt: {exc})") from None
+    if isinstance(data, bytes) or getattr(data, "dtype", np.float64).kind in "OSUV":
+        raise DataError(f"{path}: key '{key}': expected numbers, got {getattr(data, 'dtype', type(data))}")
+    return np.asarray(data)
+
+
+class LazyDiffraction:
+    """A (P, N, N) diffraction stack left on disk in an open HDF5 file.
+
+    Indexing (``lazy[i]``, ``lazy[a:b]``, ``lazy[index_array]``) and :meth:`iter_batches`
+    read only what is asked for, return float32 amplitudes (integer counts become
+    sqrt(counts)) and raise :class:`DataError` on NaN/Inf or negative values.
+    """
+
+    def __init__(self, file: h5py.File, key: str, source: str, transposed: bool = False):
+        self._file = file
+        self._data = file[key]
+        self._key = key
+        self._source = source
+        self._transposed = transposed  # legacy (N, N, P) on disk
+        s = self._data.shape
+        self.shape = (s[2], s[0], s[1]) if transposed else tuple(s)
+        self.ndim = 3
+        self.dtype = np.dtype(np.float32)
+        self.chunk_patterns = max(1, (self._data.chunks or (64,))[2 if transposed else 0])
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __repr__(self) -> str:
+        return f"LazyDiffraction({self._source}:{self._key}, shape={self.shape})"
+
+    @property
+    def closed(self) -> bool:
+        return not bool(self._file.id.valid)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._file.close()
+
+    def _read_rows(self, rows) -> np.ndarray:
+        if self.closed:
+            raise DataError(f"{self._source}: the file was closed; reopen it to read diffraction")
+        try:
+            if self._transposed:
+                block = np.moveaxis(self._data[:, :, rows], -1, 0)
+            else:
+                block = self._data[rows]
+        except (OSError, RuntimeError) as exc:
+            raise DataError(f"{self._source}: key '{self._key}' cannot be read "
+                            f"(truncated or corrupt: {exc})") from None
+        return block
+
+    def _take(self, idx: np.ndarray) -> np.ndarray:
+        """Rows at arbitrary integer indices (h5py needs increasing unique indices)."""
+        if idx.size == 0:
+            return np.empty((0, *self.shape[1:]), np.float32)
+        if (idx < -self.shape[0]).any() or (idx >= self.shape[0]).any():
+            raise IndexError(f"index out of range for {self.shape[0]} patterns")
+        idx = np.where(idx < 0, idx + self.shape[0], idx)
+        uniq, inverse = np.unique(idx, return_inverse=True)
+        if uniq.size == uniq[-1] - uniq[0] + 1:  # contiguous: one slice read
+            block = self._read_rows(slice(int(uniq[0]), int(uniq[-1]) + 1))
+        else:
+            block = self._read_rows(uniq)
+        return block[inverse]
+
+    def __getitem__(self, key):
+        rest = ()
+        if isinstance(key, tuple):
+            key, rest = key[0], key[1:]
+        if isinstance(key, (int, np.integer)):
+            block = self._take(np.array([int(key)]))[0]
+            first = int(key)
+        elif isinstance(key, slice):
+            start, stop, step = key.indices(self.shape[0])
+            if step == 1:
+                block = self._read_rows(slice(start, stop)) if stop > start else self._take(np.arange(0))
+            else:
+                block = self._take(np.arange(start, stop, step))
+            first = start
+        else:
+            idx = np.asarray(key)
+            if idx.dtype == np.bool_:
+                idx = np.flatnonzero(idx)
+            block = self._take(idx.astype(np.int64))
+            first = 0
+        block = as_amplitude(block)
+        check_amplitudes(block[None] if block.ndim == 2 else block, f"{self._source}: key '{self._key}'", first)
+        return block[(slice(None),) + rest] if rest and block.ndim == 3 else (block[rest] if rest else block)
+
+    def __array__(self, dtype=None, copy=None):
+        block = self[:]
+        return block if dtype is None else block.astype(dtype)
+
+    def iter_batches(self, batch_size: int | None = None, indices=None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield ``(indices, amplitudes)`` blocks; ``batch_size`` defaults to a multiple of
+        the chunk size near 1024 patterns (whole chunks are decompressed once)."""
+        if batch_size is None:
+            batch_size = self.chunk_patterns * max(1, 1024 // self.chunk_patterns)
+        if indices is None:
+            for start in range(0, self.shape[0], batch_size):
+                stop = min(start + batch_size, self.shape[0])
+                yield np.arange(start, stop), self[start:stop]
+        else:
+            order = np.asarray(indices, dtype=np.int64)
+            for start in range(0, len(order), batch_size):
+                idx = order[start:start + batch_size]
+                yield idx, self[idx]
+
+
+class H5DatasetWriter:
+    """Write a dataset in our layout incrementally and atomically::
+
+        with H5DatasetWriter(path, positions, probe, object_, metadata) as w:
+            w.write(0, amplitudes_block)   # blocks in any order, each (B, N, N)
+
+    The file appears at ``path`` only when the block exits without an error.
+    """
+
+    def __init__(self, path, positions, probe, object_=None, metadata: Metadata | None = None,
+                 scan_index=None, positions_start=None, chunk_patterns: int = 64,
+                 compression: str | None = "gzip", compression_opts: int | None = 4):
+        self.path = Path(path)
+        self.positions = np.asarray(positions, dtype=np.float64)
+        self.probe = np.asarray(probe).astype(np.complex64)
+        self.N = int(self.probe.shape[-1])
+        self.P = int(self.positions.shape[0])
+        self.object = None if object_ is None else np.asarray(object_).astype(np.complex64)
+        self.metadata = metadata or Metadata()
+        self.scan_index = scan_index
+        self.positions_start = positions_start
+        self.chunk_patterns = max(1, min(int(chunk_patterns), max(self.P, 1)))
+        self.compression = compression
+        self.compression_opts = compression_opts if compression == "gzip" else None
+        self._atomic = None
+        self._file = None
+        self._written = None
+
+    def __enter__(self) -> "H5DatasetWriter":
+        self._atomic = atomic_output(self.path)
+        tmp = self._atomic.__enter__()
+        try:
+            self._file = f = h5py.File(tmp, "w")
+            f.attrs["format"] = FORMAT_NAME
+            f.attrs["format_version"] = FORMAT_VERSION
+            f.attrs["convention"] = CONVENTION
+            for k, v in self.metadata.to_dict().items():
+                f.attrs[k] = v
+            d = f.create_dataset("diffraction", shape=(self.P, self.N, self.N), dtype=np.float32,
+                                 chunks=(self.chunk_patterns, self.N, self.N) if self.P else None,
+                                 compression=self.compression if self.P else None,
+                                 compression_opts=self.compression_opts if self.P else None,
+                                 shuffle=bool(self.compression) and self.P > 0)
+            d.attrs["units"] = "sqrt(counts)"
+            d.attrs["layout"] = "(pattern, row, col), zero frequency at [N/2, N/2] (fftshifted)"
+            x, y = coords.xy_from_positions(self.positions)
+            f.create_dataset("xcoords", data=x).attrs["units"] = "object pixels (column of the probe centre)"
+            f.create_dataset("ycoords", data=y).attrs["units"] = "object pixels (row of the probe centre)"
+            f.create_dataset("probe", data=self.probe)
+            if self.object is not None:
+                f.create_dataset("object", data=self.object, chunks=True, compression=self.compression,
+                                 compression_opts=self.compression_opts)
+            if self.scan_index is not None:
+                f.create_dataset("scan_index", data=np.asarray(self.scan_index, dtype=np.int64))
+            if self.positions_start is not None:
+                xs, ys = coords.xy_from_positions(self.positions_start)
+                f.create_dataset("xcoords_start", data=xs)
+                f.create_dataset("ycoords_start", data=ys)
+            self._written = np.zeros(self.P, dtype=bool)
+        except BaseException as exc:
+            self._abort(exc)
+            raise
+        return self
+
+    def write(self, start: int, amplitudes) -> None:
+        block = np.asarray(amplitudes, dtype=np.float32)
+        if block.ndim != 3 or block.shape[1:] != (self.N, self.N) or start < 0 or start + len(block) > self.P:
+            raise ValueError(f"H5DatasetWriter.write: expected a (B, {self.N}, {self.N}) block inside "
+                             f"[0, {self.P}), got shape {block.shape} at {start}")
+        self._file["diffraction"][start:start + len(block)] = block
+        self._written[start:start + len(block)] = True
+
+    def _abort(self, exc) -> None:
+        if self._file is not None:
+            self._file.close()
+        self._atomic.__exit__(type(exc), exc, None)
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None and not self._written.all():
+            exc = ValueError(f"H5DatasetWriter: {int((~self._written).sum())} of {self.P} patterns "
+                             "were never written")
+            self._abort(exc)
+            raise exc
+        self._file.close()
+        self._atomic.__exit__(exc_type, exc, tb)
+
+
+def write_h5(dataset: PtychoDataset, path: str | os.PathLike, chunk_patterns: int = 64,
+             compression: str | None = "gzip", compression_opts: int | None = 4) -> Path:
+    """Write ``dataset`` in our HDF5 layout, atomically (a lazy source is streamed)."""
+    with H5DatasetWriter(path, dataset.positions, dataset.probe, dataset.object, dataset.metadata,
+                         dataset.scan_index, dataset.positions_start, chunk_patterns, compression,
+                         compression_opts) as w:
+        for idx, block in dataset.iter_batches(chunk_patterns * max(1, 1024 // chunk_patterns)):
+            w.write(int(idx[0]), block)
+    return Path(path)
+
+
+def read_h5(path: str | os.PathLike, lazy: bool = False, edge_policy: str = "warn") -> PtychoDataset:
+    """Read our HDF5 layout. ``lazy=True`` keeps the diffraction on disk (close the dataset,
+    or use it as a context manager, when done)."""
+    path = Path(path)
+    f = _open_h5(path)
+    keep_open = False
+    try:
+        missing = [k for k in _REQUIRED if k not in f]
+        if missing:
+            what = "; ".join(f"'{k}' ({_REQUIRED[k]})" for k in missing)
+            raise DataError(f"{path}: missing key{'s' if len(missing) > 1 else ''} {what}; "
+                            f"found: {', '.join(sorted(f.keys())) or 'nothing'}")
+        x = _read(f, "xcoords", path).reshape(-1)
+        y = _read(f, "ycoords", path).reshape(-1)
+        if x.shape != y.shape:
+            raise DataError(f"{path}: keys 'xcoords' and 'ycoords' differ in length ({x.size} vs {y.size})")
+        for key, arr in (("xcoords", x), ("ycoords", y)):
+            if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
+                raise DataError(f"{path}: key '{key}': expected real numbers, got {arr.dtype}")
+        positions = coords.positions_from_xy(x, y)
+        dset = _dataset(f, "diffraction", path)
+        if dset.dtype.kind not in "iufb":
+            raise DataError(f"{path}: key 'diffraction': expected real amplitudes, got {dset.dtype}")
+        shape = dset.shape
+        transposed = (len(shape) == 3 and shape[0] == shape[1] and shape[2] == len(x) and shape[0] != len(x))
+        if lazy:
+            diffraction = LazyDiffraction(f, "diffraction", str(path), transposed)
+        else:
+            diffraction = untranspose_legacy_stack(_read(f, "diffraction", path), len(x),
+                                                   f"{path}: key 'diffraction'")
+        probe = _read(f, "probe", path)
+        obj = _read(f, "object", path) if "object" in f else None
+        scan_index = _read(f, "scan_index", path).reshape(-1) if "scan_index" in f else None
+        start = None
+        if "xcoords_start" in f and "ycoords_start" in f:
+            start = coords.positions_from_xy(_read(f, "xcoords_start", path), _read(f, "ycoords_start", path))
+        meta = Metadata.from_mapping({k: f.attrs[k] for k in Metadata.KEYS if k in f.attrs}, str(path))
+        ds = PtychoDataset(diffraction=diffraction, positions=positions, probe=probe, object=obj,
+                           scan_index=scan_index, positions_start=start, metadata=meta,
+                           source=str(path), edge_policy=edge_policy)
+        keep_open = lazy
+        return ds
+    finally:
+        if not keep_open:
+            f.close()

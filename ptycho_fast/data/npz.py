@@ -1,0 +1,146 @@
+"""PtychoPINN NPZ files (docs/data.md): read and write, never unpickling.
+
+Keys read: ``diffraction`` (or legacy ``diff3d``) (P, N, N) amplitudes (a legacy (N, N, P)
+stack is transposed; integer data are counts and become sqrt(counts)), ``probeGuess``
+(N, N) or (M, N, N) complex, ``xcoords`` (column) and ``ycoords`` (row) probe centres in
+object pixels, optional ``objectGuess`` (H, W) complex, ``scan_index``,
+``xcoords_start``/``ycoords_start``, and the metadata scalars ``photons_per_pattern``,
+``pixel_size_m``, ``energy_eV``, ``distance_m``. Other keys are ignored.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from .. import coords
+from .dataset import DataError, Metadata, PtychoDataset, atomic_output, untranspose_legacy_stack
+
+__all__ = ["read_npz", "write_npz", "NPZ_REQUIRED"]
+
+#: required keys and what they hold (for error messages)
+NPZ_REQUIRED = {
+    "diffraction": "(P, N, N) float32 diffraction amplitudes (legacy name: diff3d)",
+    "probeGuess": "(N, N) complex probe",
+    "xcoords": "(P,) probe-centre columns in object pixels",
+    "ycoords": "(P,) probe-centre rows in object pixels",
+}
+
+_READ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, KeyError)
+
+
+def _open(path: Path):
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, expected an NPZ file")
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        if "pickle" in str(exc):
+            raise DataError(f"{path}: holds pickled Python objects; refusing to load it "
+                            "(only plain NPZ arrays are read)") from None
+        raise DataError(f"{path}: not a readable NPZ file ({exc})") from None
+    except (zipfile.BadZipFile, EOFError, OSError) as exc:
+        raise DataError(f"{path}: not a readable NPZ file (truncated or corrupt: {exc})") from None
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise DataError(f"{path}: is a single .npy array, expected an NPZ archive with the keys "
+                        + ", ".join(NPZ_REQUIRED))
+    return npz
+
+
+def _get(npz, path: Path, key: str) -> np.ndarray:
+    try:
+        value = npz[key]
+    except ValueError as exc:
+        if "pickle" in str(exc) or "Object arrays" in str(exc):
+            raise DataError(f"{path}: key '{key}' holds Python objects (pickled); refusing to "
+                            "load it") from None
+        raise DataError(f"{path}: key '{key}' cannot be read ({exc})") from None
+    except _READ_ERRORS as exc:
+        raise DataError(f"{path}: key '{key}' cannot be read: the file is truncated or corrupt "
+                        f"({type(exc).__name__}: {exc})") from None
+    if not isinstance(value, np.ndarray):  # a member that is not an .npy array comes back as bytes
+        raise DataError(f"{path}: key '{key}' cannot be read: not a NumPy array (corrupt NPZ member)")
+    if value.dtype.kind in "OSUV":
+        raise DataError(f"{path}: key '{key}': expected numbers, got {value.dtype}")
+    return value
+
+
+def _vector(arr: np.ndarray, path: Path, key: str) -> np.ndarray:
+    if arr.ndim == 2 and 1 in arr.shape:
+        arr = arr.reshape(-1)
+    if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
+        raise DataError(f"{path}: key '{key}': expected a 1-D array of real numbers, "
+                        f"got {arr.dtype} of shape {arr.shape}")
+    return arr
+
+
+def read_npz(path: str | os.PathLike, edge_policy: str = "warn") -> PtychoDataset:
+    """Read a PtychoPINN NPZ file into a validated :class:`PtychoDataset`."""
+    path = Path(path)
+    with _open(path) as npz:
+        keys = set(npz.files)
+        diff_key = "diffraction" if "diffraction" in keys else ("diff3d" if "diff3d" in keys else None)
+        missing = ([] if diff_key else ["diffraction"]) + [k for k in ("probeGuess", "xcoords", "ycoords")
+                                                             if k not in keys]
+        if missing:
+            what = "; ".join(f"'{k}' ({NPZ_REQUIRED[k]})" for k in missing)
+            raise DataError(f"{path}: missing key{'s' if len(missing) > 1 else ''} {what}; "
+                            f"found: {', '.join(sorted(keys)) or 'nothing'}")
+        x = _vector(_get(npz, path, "xcoords"), path, "xcoords")
+        y = _vector(_get(npz, path, "ycoords"), path, "ycoords")
+        if x.shape != y.shape:
+            raise DataError(f"{path}: keys 'xcoords' and 'ycoords' differ in length ({x.size} vs {y.size})")
+        positions = coords.positions_from_xy(x, y)
+        diffraction = untranspose_legacy_stack(_get(npz, path, diff_key), len(x), f"{path}: key '{diff_key}'")
+        probe = _get(npz, path, "probeGuess")
+        obj = _get(npz, path, "objectGuess") if "objectGuess" in keys else None
+        scan_index = _vector(_get(npz, path, "scan_index"), path, "scan_index") if "scan_index" in keys else None
+        start = None
+        if "xcoords_start" in keys or "ycoords_start" in keys:
+            if not {"xcoords_start", "ycoords_start"} <= keys:
+                raise DataError(f"{path}: has only one of the keys 'xcoords_start'/'ycoords_start'; "
+                                "expected both or neither")
+            xs = _vector(_get(npz, path, "xcoords_start"), path, "xcoords_start")
+            ys = _vector(_get(npz, path, "ycoords_start"), path, "ycoords_start")
+            if xs.shape != x.shape or ys.shape != x.shape:
+                raise DataError(f"{path}: keys 'xcoords_start'/'ycoords_start' must have {x.size} "
+                                f"entries like 'xcoords', got {xs.size} and {ys.size}")
+            start = coords.positions_from_xy(xs, ys)
+        meta = {k: _get(npz, path, k) for k in Metadata.KEYS if k in keys}
+    return PtychoDataset(
+        diffraction=diffraction, positions=positions, probe=probe, object=obj,
+        scan_index=scan_index, positions_start=start,
+        metadata=Metadata.from_mapping(meta, str(path)), source=str(path),
+        key_names={"diffraction": diff_key, "positions": "xcoords/ycoords", "probe": "probeGuess",
+                   "object": "objectGuess", "positions_start": "xcoords_start/ycoords_start"},
+        edge_policy=edge_policy)
+
+
+def write_npz(dataset: PtychoDataset, path: str | os.PathLike, compressed: bool = False) -> Path:
+    """Write ``dataset`` as a PtychoPINN NPZ file, atomically. Returns the path."""
+    path = Path(path)
+    x, y = coords.xy_from_positions(dataset.positions)
+    arrays = {
+        "diffraction": np.asarray(dataset.diffraction[:], dtype=np.float32),
+        "probeGuess": dataset.probe.astype(np.complex64),
+        "xcoords": x,
+        "ycoords": y,
+    }
+    if dataset.object is not None:
+        arrays["objectGuess"] = dataset.object.astype(np.complex64)
+    if dataset.scan_index is not None:
+        arrays["scan_index"] = dataset.scan_index.astype(np.int64)
+    if dataset.positions_start is not None:
+        arrays["xcoords_start"], arrays["ycoords_start"] = coords.xy_from_positions(dataset.positions_start)
+    arrays.update({k: np.float64(v) for k, v in dataset.metadata.to_dict().items()})
+    save = np.savez_compressed if compressed else np.savez
+    with atomic_output(path) as tmp:
+        with open(tmp, "wb") as f:  # a file object: savez would append ".npz" to a name
+            save(f, **arrays)
+    return path
