@@ -25,7 +25,9 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 py="$venv/bin/python"
 step "installing $PTYCHO_FAST_TORCH and the dev requirements"
-"$py" -m pip install -q --disable-pip-version-check "$PTYCHO_FAST_TORCH" -r requirements-dev.txt
+# (The grep drops pip's notes about local index folders that lack a package.)
+"$py" -m pip install -q --disable-pip-version-check "$PTYCHO_FAST_TORCH" -r requirements-dev.txt 2>&1 |
+  { grep -v "is ignored: it is neither a file nor a directory" || true; }
 # torch must already be installed: build isolation would fetch a second (multi-GB) one.
 step "building ptycho_fast (pip install -e . --no-build-isolation)"
 MAX_JOBS=${MAX_JOBS:-2} "$py" -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps -e .
