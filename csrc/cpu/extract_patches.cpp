@@ -27,9 +27,9 @@ void extract_kernel(const T* canvas, const double* positions, T* out, int64_t B,
         // All four corners of every pixel are inside: contiguous rows, no bounds tests,
         // and one canvas row pair per patch row (vectorises).
         for (int64_t i = 0; i < ph; ++i) {
-          const T* r0 = img + ((sy.base + i) * W + sx.base) * K;
-          const T* r1 = r0 + W * K;
-          T* o = patch + i * row_len;
+          const T* __restrict r0 = img + ((sy.base + i) * W + sx.base) * K;
+          const T* __restrict r1 = r0 + W * K;
+          T* __restrict o = patch + i * row_len;
           for (int64_t m = 0; m < row_len; ++m) {
             o[m] = bilinear_interp(r0[m], r0[m + K], r1[m], r1[m + K], w);
           }
