@@ -28,6 +28,7 @@ EXIT_USER_ERROR = 2
 #: command name -> module implementing it (add ``train``, ``infer``, ``evaluate`` here)
 COMMANDS: dict[str, str] = {
     "simulate": "ptycho_fast.simulate",
+    "train": "ptycho_fast.train",
 }
 
 

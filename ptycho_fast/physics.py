@@ -4,15 +4,22 @@ Diffraction is an **amplitude** (sqrt of counts), zero frequency at the array ce
 
     rate = sum_modes |fftshift(fft2(probe * patch, norm="ortho"))|^2,   amp = sqrt(rate)
 
-The simulator and the training loss both call :func:`diffraction_amplitude`, so they
-cannot disagree. Two scalars are kept apart:
+The simulator and the training loss both call :func:`diffraction_amplitude` (built from
+:func:`illuminate` and :func:`far_field`), so they cannot disagree. Its square root is
+guarded (:func:`safe_sqrt`): exact values, finite gradients at zero amplitude. Two scalars
+are kept apart:
 
 * intensity scale ``s = sqrt(mean_p sum_ij X_p^2) / (N/2)`` normalises the network input;
 * probe gain ``g = sqrt(mean_p sum_ij X_p^2 / sum |probe|^2)`` (Parseval) scales the
   predicted amplitude for an uncalibrated probe (1 for a calibrated one and an object of
   unit transmission).
 
-Both read ``mean_p sum_ij X_p^2`` (the mean counts per pattern) from
+Training applies them with :func:`network_input` (``X / s``) and
+:func:`predicted_amplitude` (``g * amplitude``); the losses compare amplitudes in count
+units: :func:`poisson_nll` (counts ``X^2`` vs rate ``A^2``, with a rate floor) and
+:func:`mae_loss`.
+
+Both scalars read ``mean_p sum_ij X_p^2`` (the mean counts per pattern) from
 :func:`mean_pattern_energy`, which accumulates in float64 (integer counts are converted
 before squaring, so uint16 data cannot overflow) and accepts either an array or an
 iterable of batches (e.g. an HDF5 file streamed in blocks).
@@ -25,7 +32,12 @@ import math
 import numpy as np
 import torch
 
-__all__ = ["diffraction_amplitude", "mean_pattern_energy", "intensity_scale", "probe_gain"]
+__all__ = [
+    "diffraction_amplitude", "mean_pattern_energy", "intensity_scale", "probe_gain",
+    "illuminate", "far_field", "safe_sqrt", "predicted_amplitude", "network_input",
+    "poisson_nll", "mae_loss", "LOSSES", "amplitude_loss", "DEFAULT_RATE_FLOOR",
+    "choose_probe_gain", "CALIBRATED_GAIN_RANGE", "PROBE_GAIN_MODES",
+]
 
 _CHUNK = 1024  # patterns per float64 accumulation block
 
@@ -40,21 +52,125 @@ def diffraction_amplitude(patches, probe):
     as_numpy = isinstance(patches, np.ndarray)
     patches_t = torch.as_tensor(patches)
     probe_t = torch.as_tensor(probe, device=patches_t.device)
-    if probe_t.dim() not in (2, 3):
-        raise ValueError(f"probe must be (N, N) or (M, N, N), got shape {tuple(probe_t.shape)}")
-    if patches_t.shape[-2:] != probe_t.shape[-2:]:
-        raise ValueError(f"patches {tuple(patches_t.shape)} and probe {tuple(probe_t.shape)} "
-                         "must have the same last two dimensions (N, N)")
-    if probe_t.dim() == 2:
-        field = patches_t * probe_t
-    else:
-        field = patches_t.unsqueeze(-3) * probe_t  # (..., M, N, N)
-    far = torch.fft.fftshift(torch.fft.fft2(field, norm="ortho"), dim=(-2, -1))
+    far = far_field(illuminate(patches_t, probe_t))
     rate = far.real.square() + far.imag.square()
     if probe_t.dim() == 3:
         rate = rate.sum(dim=-3)
-    amp = torch.sqrt(rate)
+    amp = safe_sqrt(rate)
     return amp.numpy() if as_numpy else amp
+
+
+def _check_probe(patches: torch.Tensor, probe: torch.Tensor) -> None:
+    if probe.dim() not in (2, 3):
+        raise ValueError(f"probe must be (N, N) or (M, N, N), got shape {tuple(probe.shape)}")
+    if patches.shape[-2:] != probe.shape[-2:]:
+        raise ValueError(f"patches {tuple(patches.shape)} and probe {tuple(probe.shape)} "
+                         "must have the same last two dimensions (N, N)")
+
+
+def illuminate(patches: torch.Tensor, probe: torch.Tensor) -> torch.Tensor:
+    """Exit waves ``probe * patch``: (..., N, N) for a single probe (N, N), (..., M, N, N)
+    for incoherent modes (M, N, N) (one exit wave per mode)."""
+    _check_probe(patches, probe)
+    if probe.dim() == 2:
+        return patches * probe
+    return patches.unsqueeze(-3) * probe
+
+
+def far_field(field: torch.Tensor) -> torch.Tensor:
+    """``fftshift(fft2(field, norm="ortho"))`` over the last two axes: zero frequency at
+    ``[N/2, N/2]``; unitary, so ``sum |far|^2 == sum |field|^2`` (Parseval)."""
+    return torch.fft.fftshift(torch.fft.fft2(field, norm="ortho"), dim=(-2, -1))
+
+
+def safe_sqrt(rate: torch.Tensor) -> torch.Tensor:
+    """``sqrt(rate)`` for ``rate >= 0`` whose gradient is finite everywhere.
+
+    d sqrt(r)/dr = 1/(2 sqrt(r)) is infinite at r = 0, and autograd turns the amplitude
+    gradient of a zero field into inf * 0 = NaN. The forward value is exact; where
+    ``rate <= 0`` the gradient is 0 (the subgradient of |F| at F = 0), elsewhere the usual
+    one (finite: 1/(2 sqrt(r)) < 1e162 for the smallest float64 denormal).
+    """
+    positive = rate > 0
+    safe = torch.where(positive, rate, torch.ones_like(rate))
+    return torch.where(positive, torch.sqrt(safe), torch.zeros_like(rate))
+
+
+def predicted_amplitude(patches: torch.Tensor, probe: torch.Tensor, gain) -> torch.Tensor:
+    """The model's diffraction amplitude in **count units** (DESIGN.md §3):
+    ``gain * sqrt(sum_modes |fftshift(fft2(probe * patch, ortho))|^2)``.
+
+    ``gain`` (the probe gain g; a float or a 0-d tensor, e.g. a trainable parameter)
+    multiplies the amplitude, so the predicted counts are ``g^2 * rate``.
+    """
+    return diffraction_amplitude(patches, probe) * gain
+
+
+def network_input(X, scale: float):
+    """The network's input ``X / s`` (DESIGN.md §3): measured amplitudes divided by the
+    intensity scale, so that ``mean_p sum_ij (X_p/s)^2 = (N/2)^2`` at any dose."""
+    if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
+        raise ValueError(f"intensity scale must be a finite number > 0, got {scale!r}")
+    return X / scale
+
+
+# ----------------------------------------------------------------------------- losses
+#: default floor (in counts) added to the predicted rate inside the Poisson log
+DEFAULT_RATE_FLOOR = 1e-6
+
+
+def poisson_nll(pred_amplitude: torch.Tensor, measured_amplitude: torch.Tensor,
+                rate_floor: float = DEFAULT_RATE_FLOOR, saturated: bool = True,
+                reduction: str = "mean") -> torch.Tensor:
+    """Poisson negative log-likelihood of the measured counts ``k = X^2`` given the
+    predicted rate ``lam = A^2`` (both amplitudes in count units)::
+
+        nll = lam - k * log(lam + rate_floor)  [ - (k - k * log(k + rate_floor)) ]
+
+    The floor keeps the log finite at ``lam = 0``; the gradient with respect to ``A``,
+    ``2A (1 - k / (lam + floor))``, is then finite everywhere (0 at ``A = 0``).
+    ``saturated=True`` subtracts the value at ``lam = k`` (the saturated model), which does
+    not change the gradient but makes the loss >= 0 (up to ~floor) and 0 for a perfect fit,
+    so its value reads as a misfit (half the Poisson deviance); ``log(k!)`` is never added.
+    ``reduction``: 'mean' over every pixel, 'sum', or 'none'.
+    """
+    if rate_floor <= 0 or not math.isfinite(rate_floor):
+        raise ValueError(f"rate_floor must be a finite number > 0, got {rate_floor}")
+    lam = pred_amplitude.square()
+    k = measured_amplitude.square()
+    nll = lam - k * torch.log(lam + rate_floor)
+    if saturated:
+        nll = nll - (k - k * torch.log(k + rate_floor))
+    return _reduce(nll, reduction)
+
+
+def mae_loss(pred_amplitude: torch.Tensor, measured_amplitude: torch.Tensor,
+             reduction: str = "mean") -> torch.Tensor:
+    """Mean absolute error of the amplitudes (count units): ``|A - X|``."""
+    return _reduce((pred_amplitude - measured_amplitude).abs(), reduction)
+
+
+def _reduce(values: torch.Tensor, reduction: str) -> torch.Tensor:
+    if reduction == "mean":
+        return values.mean()
+    if reduction == "sum":
+        return values.sum()
+    if reduction == "none":
+        return values
+    raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+
+
+LOSSES = ("poisson", "mae")
+
+
+def amplitude_loss(kind: str, pred_amplitude: torch.Tensor, measured_amplitude: torch.Tensor,
+                   rate_floor: float = DEFAULT_RATE_FLOOR, reduction: str = "mean") -> torch.Tensor:
+    """The training loss by name: 'poisson' (:func:`poisson_nll`, saturated) or 'mae'."""
+    if kind == "poisson":
+        return poisson_nll(pred_amplitude, measured_amplitude, rate_floor, reduction=reduction)
+    if kind == "mae":
+        return mae_loss(pred_amplitude, measured_amplitude, reduction=reduction)
+    raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {kind!r}")
 
 
 def _energy_sum(block) -> tuple[float, int]:
@@ -114,3 +230,41 @@ def probe_gain(X, probe) -> float:
     if not probe_energy > 0:
         raise ValueError("probe_gain: the probe is zero everywhere")
     return math.sqrt(mean_pattern_energy(X) / probe_energy)
+
+
+# ----------------------------------------------------------------------------- probe gain choice
+#: fitted gains in this range mean the probe is already calibrated (g = 1 is used): with a
+#: calibrated probe and an object of transmission <= 1, Parseval gives a fitted gain of at
+#: most 1 (a bit less where the object absorbs); an unnormalised probe (e.g. unit energy)
+#: gives a fitted gain of sqrt(counts per pattern), far outside.
+CALIBRATED_GAIN_RANGE = (0.25, 1.05)
+PROBE_GAIN_MODES = ("auto", "calibrated", "fit")
+
+
+def choose_probe_gain(X, probe, mode: str | float = "auto") -> tuple[float, str]:
+    """The probe gain to train with, and how it was chosen.
+
+    ``mode``: 'calibrated' (g = 1), 'fit' (:func:`probe_gain`, Parseval), a positive
+    number (used as is), or 'auto': 'calibrated' when the fitted gain lies in
+    :data:`CALIBRATED_GAIN_RANGE`, else the fitted gain. Returns ``(g, description)``.
+    """
+    if isinstance(mode, str) and mode not in PROBE_GAIN_MODES:
+        try:
+            mode = float(mode)
+        except ValueError:
+            raise ValueError(f"probe gain must be one of {', '.join(PROBE_GAIN_MODES)} or a "
+                             f"number > 0, got {mode!r}") from None
+    if not isinstance(mode, str):
+        g = float(mode)
+        if not (math.isfinite(g) and g > 0):
+            raise ValueError(f"probe gain must be a finite number > 0, got {mode!r}")
+        return g, "given"
+    if mode == "calibrated":
+        return 1.0, "calibrated"
+    fitted = probe_gain(X, probe)
+    if mode == "fit":
+        return fitted, "fit"
+    lo, hi = CALIBRATED_GAIN_RANGE
+    if lo <= fitted <= hi:
+        return 1.0, f"auto: calibrated (fitted gain {fitted:.4g} within [{lo}, {hi}])"
+    return fitted, f"auto: fit (fitted gain {fitted:.4g} outside [{lo}, {hi}])"

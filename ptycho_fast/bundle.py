@@ -1,0 +1,465 @@
+"""Model bundles: a trained network with everything needed to use it (docs/training.md).
+
+A bundle is a directory::
+
+    bundle.json           format, version, N, gridsize, network hyper-parameters,
+                          intensity scale, probe gain, probe and weights checksums,
+                          object_big/window settings, training-data fingerprint, versions
+    weights.safetensors   the network's state dict (safetensors, when the package is
+      or weights.pt       importable; else torch.save of the state dict, read back with
+                          torch.load(weights_only=True))
+    probe.npy             the probe (N, N) or modes (M, N, N), complex64 (np.load with
+                          allow_pickle=False)
+
+Nothing in a bundle executes code on load: JSON, a NumPy array without pickle, and
+safetensors or a weights-only torch file. :func:`load_bundle` checks the format version,
+every required field, the shapes and the checksums, and raises one :class:`BundleError`
+(a ``UserError``: the CLI prints one line) naming what is wrong. The intensity scale and
+the probe gain are required: a bundle without them is rejected, never defaulted.
+
+:func:`save_bundle` writes into a temporary directory beside the target and renames it
+into place, so a reader never sees a half-written bundle.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import physics
+from .data.dataset import UserError
+from .model import NetworkConfig, PtychoPINNNet
+from .object_big import WINDOWS, ObjectBig, make_window
+
+__all__ = [
+    "FORMAT", "FORMAT_VERSION", "SUPPORTED_VERSIONS", "BundleError", "Bundle", "save_bundle",
+    "load_bundle", "find_bundle_dir", "dataset_fingerprint", "have_safetensors", "package_version",
+    "BUNDLE_JSON", "PROBE_FILE", "WEIGHTS_SAFETENSORS", "WEIGHTS_TORCH", "RUN_BUNDLE_SUBDIR",
+]
+
+FORMAT = "ptycho_fast.model_bundle"
+FORMAT_VERSION = 1
+SUPPORTED_VERSIONS = (1,)
+BUNDLE_JSON = "bundle.json"
+PROBE_FILE = "probe.npy"
+WEIGHTS_SAFETENSORS = "weights.safetensors"
+WEIGHTS_TORCH = "weights.pt"
+#: a training run directory RUN holds its bundle in RUN/model (load_bundle(RUN) finds it)
+RUN_BUNDLE_SUBDIR = "model"
+
+#: every field bundle.json must have, as dotted paths
+REQUIRED_FIELDS = (
+    "format", "format_version", "N", "gridsize",
+    "network.width", "network.amp_activation", "network.filters",
+    "intensity_scale", "probe_gain",
+    "probe.file", "probe.shape", "probe.dtype", "probe.sha256",
+    "weights.file", "weights.format", "weights.sha256",
+    "object_big.enabled", "object_big.window", "object_big.local_canvas_size",
+    "training_data.fingerprint",
+    "versions.ptycho_fast", "versions.torch",
+)
+
+
+class BundleError(UserError):
+    """A model bundle is missing, incomplete, inconsistent or of an unknown version."""
+
+
+def have_safetensors() -> bool:
+    try:
+        import safetensors.torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def package_version() -> str:
+    try:
+        from importlib.metadata import version
+        return version("ptycho_fast")
+    except Exception:  # run from a checkout, not installed
+        return "unknown (not installed)"
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def dataset_fingerprint(dataset) -> dict[str, Any]:
+    """Identity of a training set: sha256 over the diffraction (float32), the positions
+    (float64) and the probe (complex64), in that order, streamed block by block; plus its
+    size and source."""
+    h = hashlib.sha256()
+    for _, block in dataset.iter_batches(1024):
+        h.update(np.ascontiguousarray(block, dtype=np.float32).tobytes())
+    h.update(np.ascontiguousarray(dataset.positions, dtype=np.float64).tobytes())
+    h.update(np.ascontiguousarray(dataset.probe, dtype=np.complex64).tobytes())
+    return {"fingerprint": "sha256:" + h.hexdigest(), "n_patterns": int(dataset.n_patterns),
+            "N": int(dataset.N), "source": str(getattr(dataset, "source", "<memory>"))}
+
+
+# ----------------------------------------------------------------------------- the bundle
+@dataclass
+class Bundle:
+    """A loaded bundle: the network (eval mode) and the settings it was trained with."""
+    model: PtychoPINNNet
+    network: NetworkConfig
+    intensity_scale: float
+    probe_gain: float
+    probe: np.ndarray
+    window: str
+    object_big: bool
+    local_canvas_size: int | None
+    info: dict = field(repr=False)
+    path: Path | None = None
+
+    @property
+    def N(self) -> int:  # noqa: N802
+        return self.network.N
+
+    @property
+    def gridsize(self) -> int:
+        return self.network.gridsize
+
+    @property
+    def C(self) -> int:  # noqa: N802
+        return self.network.C
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def to(self, device) -> "Bundle":
+        self.model.to(device)
+        return self
+
+    def window_tensor(self, device=None, dtype=torch.float32) -> torch.Tensor:
+        """The stitching window (N, N) this model was trained with (maximum 1)."""
+        return make_window(self.window, self.N, self.probe, dtype=dtype, device=device)
+
+    def probe_tensor(self, device=None) -> torch.Tensor:
+        return torch.as_tensor(self.probe, device=device)
+
+    def network_input(self, X) -> torch.Tensor:
+        """Measured amplitudes (…, C, N, N) in count units -> the network input ``X / s``
+        with the **stored** intensity scale."""
+        X = torch.as_tensor(X, dtype=torch.float32, device=self.device)
+        return physics.network_input(X, self.intensity_scale)
+
+    @torch.no_grad()
+    def predict(self, X, offsets=None, consistency: bool = True, ops=None) -> torch.Tensor:
+        """Complex object patches (B, C, N, N) for measured amplitudes X (B, C, N, N) in count
+        units (scaled by the stored intensity scale here). With gridsize > 1, ``offsets``
+        (B, C, 2) (member - centroid) and ``consistency`` apply object_big as in training."""
+        x = self.network_input(X)
+        patches = self.model(x)
+        if consistency and self.object_big and self.C > 1:
+            if offsets is None:
+                raise ValueError("predict: gridsize > 1 with object_big needs the groups' offsets "
+                                 "(or consistency=False)")
+            merge = ObjectBig(self.window_tensor(device=x.device), None, ops)
+            patches = merge(patches, torch.as_tensor(offsets, dtype=torch.float32, device=x.device))
+        return patches
+
+    def predicted_amplitude(self, patches: torch.Tensor) -> torch.Tensor:
+        """Diffraction amplitude in count units of object ``patches``, with the stored
+        probe and **stored** probe gain."""
+        return physics.predicted_amplitude(patches, self.probe_tensor(patches.device), self.probe_gain)
+
+
+# ----------------------------------------------------------------------------- saving
+def _atomic_dir(path: Path):
+    """Context: a temporary directory beside ``path``; on success it becomes ``path``
+    (an existing bundle there is replaced), on error it is removed."""
+    @contextlib.contextmanager
+    def manager():
+        parent = path.parent if str(path.parent) else Path(".")
+        if not parent.is_dir():
+            raise BundleError(f"{path}: cannot write the bundle: directory {parent} does not exist")
+        if path.exists() and not path.is_dir():
+            raise BundleError(f"{path}: exists and is not a directory")
+        if path.is_dir() and any(path.iterdir()) and not (path / BUNDLE_JSON).is_file():
+            raise BundleError(f"{path}: exists and is not a model bundle; refusing to replace it")
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent))
+        try:
+            yield tmp
+            os.chmod(tmp, 0o777 & ~_umask())
+            old = None
+            if path.exists():
+                # A non-empty directory cannot be renamed over: move the old one aside first.
+                old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=parent))
+                os.replace(path, old / "bundle")
+            os.replace(tmp, path)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return manager()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _positive(name: str, value) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise BundleError(f"{name} must be a number > 0, got {value!r}") from None
+    if not (math.isfinite(v) and v > 0):
+        raise BundleError(f"{name} must be a finite number > 0, got {value!r}")
+    return v
+
+
+def save_bundle(path, model: PtychoPINNNet, *, intensity_scale: float, probe_gain: float,
+                probe, window: str = "probe", object_big: bool = True,
+                local_canvas_size: int | None = None, training_data: dict | None = None,
+                training: dict | None = None, weights_format: str | None = None) -> Path:
+    """Write ``model`` and its settings as a bundle directory at ``path`` (atomically).
+
+    ``training_data``: :func:`dataset_fingerprint` of the training set (required to have a
+    'fingerprint'); ``training``: free-form facts about the run (loss, epochs, ...).
+    ``weights_format``: 'safetensors' (default when importable) or 'torch'.
+    """
+    path = Path(path)
+    s = _positive("intensity_scale", intensity_scale)
+    g = _positive("probe_gain", probe_gain)
+    if window not in WINDOWS:
+        raise BundleError(f"window must be one of {', '.join(WINDOWS)}, got {window!r}")
+    cfg = model.config
+    probe = np.ascontiguousarray(np.asarray(probe), dtype=np.complex64)
+    if probe.ndim not in (2, 3) or probe.shape[-2:] != (cfg.N, cfg.N):
+        raise BundleError(f"probe must be (N, N) or (M, N, N) with N = {cfg.N}, got shape {probe.shape}")
+    if training_data is None or "fingerprint" not in training_data:
+        raise BundleError("save_bundle needs training_data with a 'fingerprint' "
+                          "(bundle.dataset_fingerprint(dataset))")
+    fmt = weights_format or ("safetensors" if have_safetensors() else "torch")
+    if fmt not in ("safetensors", "torch"):
+        raise BundleError(f"weights_format must be 'safetensors' or 'torch', got {fmt!r}")
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+
+    with _atomic_dir(path) as tmp:
+        if fmt == "safetensors":
+            if not have_safetensors():
+                raise BundleError("weights_format 'safetensors' needs the safetensors package "
+                                  "(pip install safetensors)")
+            from safetensors.torch import save_file
+            weights_name = WEIGHTS_SAFETENSORS
+            save_file(state, str(tmp / weights_name), metadata={"format": FORMAT})
+        else:
+            weights_name = WEIGHTS_TORCH
+            torch.save(state, tmp / weights_name)
+        with open(tmp / PROBE_FILE, "wb") as f:
+            np.save(f, probe, allow_pickle=False)
+        info = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "N": cfg.N,
+            "gridsize": cfg.gridsize,
+            "network": {"width": cfg.width, "amp_activation": cfg.amp_activation,
+                        "filters": list(cfg.filters), "architecture": "ptychopinn-unet"},
+            "intensity_scale": s,
+            "probe_gain": g,
+            "probe": {"file": PROBE_FILE, "shape": list(probe.shape), "dtype": "complex64",
+                      "sha256": _sha256_file(tmp / PROBE_FILE)},
+            "weights": {"file": weights_name, "format": fmt, "sha256": _sha256_file(tmp / weights_name)},
+            "object_big": {"enabled": bool(object_big), "window": window,
+                           "local_canvas_size": None if local_canvas_size is None else int(local_canvas_size)},
+            "training_data": dict(training_data),
+            "training": dict(training or {}),
+            "versions": {"ptycho_fast": package_version(), "torch": torch.__version__},
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        with open(tmp / BUNDLE_JSON, "w") as f:
+            json.dump(info, f, indent=2, allow_nan=False)
+            f.write("\n")
+    return path
+
+
+# ----------------------------------------------------------------------------- loading
+def find_bundle_dir(path) -> Path:
+    """The bundle directory for ``path``: the bundle itself, or a training run directory
+    holding one in ``model/``."""
+    path = Path(path)
+    if not path.exists():
+        raise BundleError(f"{path}: no such model bundle (expected a directory with {BUNDLE_JSON})")
+    if not path.is_dir():
+        raise BundleError(f"{path}: is not a directory; a model bundle is a directory with {BUNDLE_JSON}")
+    if (path / BUNDLE_JSON).is_file():
+        return path
+    if (path / RUN_BUNDLE_SUBDIR / BUNDLE_JSON).is_file():
+        return path / RUN_BUNDLE_SUBDIR
+    raise BundleError(f"{path}: not a model bundle: no {BUNDLE_JSON} in it (nor in "
+                      f"{RUN_BUNDLE_SUBDIR}/; has the training run finished?)")
+
+
+def _get(info: dict, dotted: str):
+    node = info
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise KeyError(dotted)
+        node = node[part]
+    return node
+
+
+def _check_fields(info: dict, where: str) -> None:
+    missing = []
+    for name in REQUIRED_FIELDS:
+        try:
+            value = _get(info, name)
+        except KeyError:
+            missing.append(name)
+            continue
+        if value is None and name != "object_big.local_canvas_size":
+            missing.append(name)
+    if missing:
+        message = (f"{where}: missing required field{'s' if len(missing) > 1 else ''}: "
+                   f"{', '.join(missing)}")
+        if {"intensity_scale", "probe_gain"} & set(missing):
+            message += (" (the intensity scale and the probe gain are computed from the training "
+                        "data and are never defaulted)")
+        raise BundleError(message)
+
+
+def _file_in_bundle(bundle_dir: Path, name, what: str) -> Path:
+    if not isinstance(name, str) or not name or Path(name).name != name:
+        raise BundleError(f"{bundle_dir / BUNDLE_JSON}: {what}.file must be a plain file name "
+                          f"inside the bundle, got {name!r}")
+    path = bundle_dir / name
+    if not path.is_file():
+        raise BundleError(f"{path}: missing ({what} file named in {BUNDLE_JSON})")
+    return path
+
+
+def _verify_checksum(path: Path, expected, what: str) -> None:
+    got = _sha256_file(path)
+    if not isinstance(expected, str) or got != expected.removeprefix("sha256:"):
+        raise BundleError(f"{path}: {what} checksum mismatch (bundle.json says {expected}, the "
+                          f"file has sha256 {got}); the bundle is corrupt or was edited")
+
+
+def _load_state_dict(path: Path, fmt: str) -> dict[str, torch.Tensor]:
+    if fmt == "safetensors":
+        if not have_safetensors():
+            raise BundleError(f"{path}: reading safetensors weights needs the safetensors package "
+                              "(pip install safetensors)")
+        from safetensors.torch import load_file
+        try:
+            return load_file(str(path), device="cpu")
+        except Exception as exc:  # safetensors raises its own error types
+            raise BundleError(f"{path}: not a readable safetensors file ({exc})") from None
+    if fmt == "torch":
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise BundleError(f"{path}: not a readable weights-only torch file ({exc})") from None
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise BundleError(f"{path}: expected a state dict of tensors")
+        return state
+    raise BundleError(f"weights.format must be 'safetensors' or 'torch', got {fmt!r}")
+
+
+def load_bundle(path, device="cpu") -> Bundle:
+    """Read and check a bundle (or a training run directory holding one in ``model/``).
+    Returns a :class:`Bundle` with the network in eval mode on ``device``."""
+    bundle_dir = find_bundle_dir(path)
+    where = str(bundle_dir / BUNDLE_JSON)
+    try:
+        text = (bundle_dir / BUNDLE_JSON).read_text()
+        info = json.loads(text)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{where}: not readable JSON ({exc})") from None
+    if not isinstance(info, dict):
+        raise BundleError(f"{where}: expected a JSON object")
+    if info.get("format") != FORMAT:
+        raise BundleError(f"{where}: format is {info.get('format')!r}, expected {FORMAT!r}")
+    version = info.get("format_version")
+    if version not in SUPPORTED_VERSIONS or isinstance(version, bool):
+        raise BundleError(f"{where}: unknown format_version {version!r}; this ptycho_fast "
+                          f"({package_version()}) reads version(s) "
+                          f"{', '.join(map(str, SUPPORTED_VERSIONS))}")
+    _check_fields(info, where)
+
+    s = _positive(f"{where}: intensity_scale", info["intensity_scale"])
+    g = _positive(f"{where}: probe_gain", info["probe_gain"])
+    try:
+        net = info["network"]
+        config = NetworkConfig(N=info["N"], gridsize=info["gridsize"], width=net["width"],
+                               amp_activation=net["amp_activation"], filters=net["filters"])
+    except (ValueError, TypeError) as exc:
+        raise BundleError(f"{where}: bad network settings: {exc}") from None
+
+    ob = info["object_big"]
+    if ob["window"] not in WINDOWS:
+        raise BundleError(f"{where}: object_big.window must be one of {', '.join(WINDOWS)}, "
+                          f"got {ob['window']!r}")
+    canvas = ob["local_canvas_size"]
+    if canvas is not None and (not isinstance(canvas, int) or isinstance(canvas, bool) or canvas < config.N):
+        raise BundleError(f"{where}: object_big.local_canvas_size must be null or an integer "
+                          f">= N = {config.N}, got {canvas!r}")
+
+    # Probe: no pickle, checksum, shape.
+    pinfo = info["probe"]
+    probe_path = _file_in_bundle(bundle_dir, pinfo["file"], "probe")
+    _verify_checksum(probe_path, pinfo["sha256"], "probe")
+    try:
+        probe = np.load(probe_path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise BundleError(f"{probe_path}: not a readable .npy array without pickle ({exc})") from None
+    if probe.ndim not in (2, 3) or probe.shape[-2:] != (config.N, config.N) \
+            or list(probe.shape) != list(pinfo["shape"]) or not np.iscomplexobj(probe):
+        raise BundleError(f"{probe_path}: probe must be complex (N, N) or (M, N, N) with N = "
+                          f"{config.N} and shape {pinfo['shape']} (bundle.json), got "
+                          f"{probe.dtype} of shape {probe.shape}")
+    if not np.isfinite(probe).all() or not np.abs(probe).any():
+        raise BundleError(f"{probe_path}: probe contains NaN/Inf or is zero everywhere")
+
+    # Weights: checksum, no code execution, exact keys and shapes.
+    winfo = info["weights"]
+    weights_path = _file_in_bundle(bundle_dir, winfo["file"], "weights")
+    _verify_checksum(weights_path, winfo["sha256"], "weights")
+    state = _load_state_dict(weights_path, winfo["format"])
+    model = PtychoPINNNet(config)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [f"{k} {tuple(state[k].shape)} (expected {tuple(v.shape)})"
+             for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+        if unexpected:
+            parts.append(f"unexpected {', '.join(unexpected[:5])}{' ...' if len(unexpected) > 5 else ''}")
+        if wrong:
+            parts.append(f"wrong shape {', '.join(wrong[:5])}{' ...' if len(wrong) > 5 else ''}")
+        raise BundleError(f"{weights_path}: weights do not match the network in bundle.json "
+                          f"(N = {config.N}, gridsize {config.gridsize}, width {config.width}): "
+                          + "; ".join(parts))
+    bad = [k for k, v in state.items() if not v.is_floating_point() or not bool(torch.isfinite(v).all())]
+    if bad:
+        raise BundleError(f"{weights_path}: non-float or non-finite weights: {', '.join(bad[:5])}")
+    model.load_state_dict(state)
+    model.eval().to(device)
+    return Bundle(model=model, network=config, intensity_scale=s, probe_gain=g,
+                  probe=probe.astype(np.complex64), window=ob["window"],
+                  object_big=bool(ob["enabled"]), local_canvas_size=canvas, info=info,
+                  path=bundle_dir)

@@ -1,0 +1,232 @@
+"""Training: the loss falls, seeds reproduce, resume (also after kill -9) equals an
+uninterrupted run, the collapse guard, logs, and the CLI's errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ptycho_fast import cli, physics
+from ptycho_fast import simulate as sim
+from ptycho_fast.bundle import load_bundle
+from ptycho_fast.data import save_dataset
+from ptycho_fast.train import (CHECKPOINT, EXIT_COLLAPSE, LOSSES_CSV, LOSSES_JSON, LOSS_CURVE,
+                               PATCH_STATS_JSON, CollapseError, TrainConfig, _collapse_reason,
+                               _patch_record, train)
+
+REPO = Path(__file__).resolve().parents[1]
+EPOCHS = 4
+# the options every comparable run shares (a tiny network: fast on 2 CPU cores)
+OPTIONS = dict(epochs=EPOCHS, width=0.25, gridsize=2, batch_size=16, seed=0, deterministic=True,
+               quiet=True)
+
+
+def cli_args(data, out, **extra):
+    opts = {**OPTIONS, **extra}
+    args = ["train", str(data), "--out", str(out)]
+    for k, v in opts.items():
+        flag = "--" + k.replace("_", "-")
+        if v is True:
+            args.append(flag)
+        elif v is not False and v is not None:
+            args += [flag, str(v)]
+    return args
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory):
+    """256 simulated patterns, N = 32, 1e5 photons (Poisson noise)."""
+    ds = sim.simulate(seed=1, N=32, n_patterns=256, photons=1e5)
+    path = tmp_path_factory.mktemp("data") / "tiny.npz"
+    save_dataset(ds, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference_run(data_file, tmp_path_factory):
+    """One uninterrupted run that the others are compared with."""
+    out = tmp_path_factory.mktemp("runs") / "reference"
+    t0 = time.perf_counter()
+    result = train(TrainConfig(data=str(data_file), out=str(out), **OPTIONS))
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def weights_of(run_dir) -> dict[str, torch.Tensor]:
+    return load_bundle(run_dir).model.state_dict()
+
+
+def assert_same_weights(a: dict, b: dict, exact: bool = True):
+    assert a.keys() == b.keys()
+    for k in a:
+        if exact:
+            assert torch.equal(a[k], b[k]), k
+        else:
+            torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
+
+
+def test_loss_falls_by_a_clear_factor(reference_run):
+    h = reference_run.history
+    assert [r["epoch"] for r in h] == list(range(1, EPOCHS + 1))
+    first, last = h[0]["train_loss"], h[-1]["train_loss"]
+    assert last < first / 4, [r["train_loss"] for r in h]
+    assert h[-1]["val_loss"] < h[0]["val_loss"] / 4
+    assert reference_run.finished and reference_run.seconds < 60
+
+
+def test_cli_run_reproduces_the_seed_and_writes_everything(data_file, reference_run, tmp_path, capsys):
+    """The CLI with the same seed reproduces the Python run exactly (and patch-statistics
+    logging does not perturb training); every output file is there."""
+    out = tmp_path / "run"
+    assert cli.main(cli_args(data_file, out, log_patch_stats=True, patch_stats_limit=2)) == 0
+    history = json.loads((out / LOSSES_JSON).read_text())["epochs"]
+    assert [r["train_loss"] for r in history] == [r["train_loss"] for r in reference_run.history]
+    assert [r["val_loss"] for r in history] == [r["val_loss"] for r in reference_run.history]
+    assert_same_weights(weights_of(out), reference_run.model.state_dict())
+
+    csv_lines = (out / LOSSES_CSV).read_text().splitlines()
+    assert csv_lines[0].startswith("epoch,train_loss,val_loss,lr") and len(csv_lines) == EPOCHS + 1
+    assert (out / LOSS_CURVE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / CHECKPOINT).is_file()
+    stats = json.loads((out / PATCH_STATS_JSON).read_text())
+    assert [(r["epoch"], r["batch"]) for r in stats] == [(e, k) for e in range(1, EPOCHS + 1) for k in range(2)]
+    assert all(r["n_patches"] == 16 * 4 and r["complex_var_zero_mean"] > 0 for r in stats)
+
+    # the bundle carries the two scalars computed from the training data
+    b = load_bundle(out)
+    ds_X = np.load(data_file)["diffraction"]
+    assert b.intensity_scale == pytest.approx(physics.intensity_scale(ds_X), rel=1e-12)
+    assert b.probe_gain == 1.0   # simulated data: calibrated probe (auto)
+    assert b.info["training"]["probe_gain_choice"].startswith("auto: calibrated")
+    assert b.info["training_data"]["n_patterns"] == 256 and b.gridsize == 2
+    assert b.local_canvas_size is not None and b.window == "probe"
+
+
+def test_a_different_seed_gives_a_different_run(data_file, reference_run, tmp_path):
+    result = train(TrainConfig(data=str(data_file), out=str(tmp_path / "r"), **{**OPTIONS, "epochs": 1, "seed": 5}))
+    assert result.history[0]["train_loss"] != reference_run.history[0]["train_loss"]
+
+
+def test_resume_after_epoch_1_equals_an_uninterrupted_run(data_file, reference_run, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli.main(cli_args(data_file, out, stop_after_epoch=1)) == 0
+    assert not (out / "model").exists()
+    assert len(json.loads((out / LOSSES_JSON).read_text())["epochs"]) == 1
+    # a second start without --resume is refused; --resume with a different option too
+    assert cli.main(cli_args(data_file, out)) == 2
+    assert "already holds a training run" in capsys.readouterr().err
+    assert cli.main(cli_args(data_file, out, lr=0.01) + ["--resume"]) == 2
+    assert "--lr 0.01 (the run has 0.001)" in capsys.readouterr().err
+    # the same options (or none) resume
+    assert cli.main(["train", str(data_file), "--out", str(out), "--resume", "--quiet"]) == 0
+    history = json.loads((out / LOSSES_JSON).read_text())["epochs"]
+    assert [r["train_loss"] for r in history] == [r["train_loss"] for r in reference_run.history]
+    assert_same_weights(weights_of(out), reference_run.model.state_dict())
+
+
+def test_kill_9_mid_epoch_loses_at_most_that_epoch(data_file, reference_run, tmp_path):
+    """A real ``kill -9`` while epoch 2+ runs: the checkpoint on disk is intact and
+    ``--resume`` finishes with the same weights as the uninterrupted run."""
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen([sys.executable, "-m", "ptycho_fast", *cli_args(data_file, out)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / LOSSES_JSON).exists():   # written right after the epoch-1 checkpoint
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline, "no epoch finished in time"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (out / "model").exists(), "the run finished before it was killed"
+    done = torch.load(out / CHECKPOINT, weights_only=True)["epoch"]
+    assert 1 <= done < EPOCHS
+    assert cli.main(["train", str(data_file), "--out", str(out), "--resume", "--quiet"]) == 0
+    history = json.loads((out / LOSSES_JSON).read_text())["epochs"]
+    assert [r["epoch"] for r in history] == list(range(1, EPOCHS + 1))
+    assert_same_weights(weights_of(out), reference_run.model.state_dict())
+
+
+def test_collapse_guard_fails_loudly(data_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = cli.main(cli_args(data_file, out, log_patch_stats=True, collapse_floor=1e6))
+    assert code == EXIT_COLLAPSE
+    err = capsys.readouterr().err
+    assert "training collapsed at epoch 1, batch 0" in err and "--collapse-floor" in err
+    stats = json.loads((out / PATCH_STATS_JSON).read_text())
+    assert len(stats) == 1 and stats[0]["complex_var_zero_mean"] < 1e6
+    with pytest.raises(CollapseError, match="collapsed"):
+        train(TrainConfig(data=str(data_file), out=str(tmp_path / "api"), log_patch_stats=True,
+                          collapse_floor=1e6, **OPTIONS))
+
+
+def test_collapse_reasons():
+    const = torch.full((4, 1, 8, 8), 0.9 * np.exp(0.3j), dtype=torch.complex64)
+    record = _patch_record(const, 1, 0)
+    assert record["complex_var_zero_mean"] < 1e-12
+    assert "collapsed to constants" in _collapse_reason(record, 1e-10)
+    noisy = const + 0.05 * torch.randn(4, 1, 8, 8, dtype=torch.complex64)
+    assert _collapse_reason(_patch_record(noisy, 1, 0), 1e-10) is None
+    noisy[0, 0, 0, 0] = float("nan")
+    assert "non-finite" in _collapse_reason(_patch_record(noisy, 1, 0), 1e-10)
+
+
+def test_other_options_run(data_file, tmp_path):
+    """gridsize 1, MAE, a trainable fitted probe gain, plateau schedule, no validation."""
+    result = train(TrainConfig(data=str(data_file), out=str(tmp_path / "run"), epochs=2, width=0.25,
+                               gridsize=1, loss="mae", probe_gain="fit", train_probe_gain=True,
+                               lr_schedule="plateau", val_fraction=0.0, amp_activation="silu",
+                               n_groups=128, quiet=True))
+    assert all(r["val_loss"] is None for r in result.history)
+    b = load_bundle(result.run_dir)
+    ds_X = np.load(data_file)["diffraction"]
+    fitted = physics.probe_gain(ds_X, np.load(data_file)["probeGuess"])
+    assert b.probe_gain != pytest.approx(fitted, rel=1e-9)   # it was trained
+    assert b.probe_gain == pytest.approx(fitted, rel=0.2)
+    assert b.gridsize == 1 and b.info["training"]["loss"] == "mae" and b.network.amp_activation == "silu"
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--batch-size", "0"], "--batch-size: must be >= 1"),
+    (["--batch-size", "1000"], "--batch-size 1000 is larger than the"),
+    (["--gridsize", "20"], "--gridsize 20"),
+    (["--val-fraction", "1.5"], "--val-fraction: must be in [0, 1)"),
+    (["--probe-gain", "bright"], "--probe-gain: must be one of auto, calibrated, fit or a number"),
+    (["--resume"], "has no checkpoint.pt to resume from"),
+    (["--lr", "-1"], "--lr: must be a number > 0"),
+])
+def test_cli_errors_name_the_option(data_file, tmp_path, capsys, extra, message):
+    code = cli.main(["train", str(data_file), "--out", str(tmp_path / "run"), "--quiet", *extra])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ptycho-fast: error:") and message in err and "Traceback" not in err
+
+
+def test_cli_data_errors(tmp_path, capsys):
+    assert cli.main(["train", str(tmp_path / "missing.npz"), "--out", str(tmp_path / "r")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    ds = sim.simulate(seed=0, N=16, n_patterns=20, photons=1e4)
+    save_dataset(ds, tmp_path / "n16.npz")
+    assert cli.main(["train", str(tmp_path / "n16.npz"), "--out", str(tmp_path / "r")]) == 2
+    assert "the network supports N = 32, 64, 128" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert cli.main(["train", str(tmp_path / "n16.npz"), "--out", str(tmp_path / "r"),
+                         "--device", "cuda"]) == 2
+        assert "--device cuda: no CUDA device" in capsys.readouterr().err
