@@ -11,8 +11,14 @@ import sys
 
 import torch
 
-OPS = ("extract_patches", "stitch_patches", "patch_stats", "position_grad")
+OPS = ("extract_patches", "extract_patches_into", "stitch_patches", "patch_stats", "position_grad")
 KEYS = ("CPU", "CUDA")
+
+
+def registered_ops() -> set[str]:
+    """Every op of the ptycho_fast namespace that the loaded library defines."""
+    return {name.split("::", 1)[1] for name in torch._C._dispatch_get_all_op_names()
+            if name.startswith("ptycho_fast::")}
 
 
 def main() -> int:
@@ -28,6 +34,11 @@ def main() -> int:
         print("FAIL: ptycho_fast.ops did not load the compiled extension", file=sys.stderr)
         return 1
 
+    defined = registered_ops()
+    if defined != set(OPS):
+        print(f"FAIL: the library defines ops {sorted(defined)}, this check expects {sorted(OPS)}",
+              file=sys.stderr)
+        return 1
     missing = [f"{op}/{key}" for op in OPS for key in KEYS
                if not torch._C._dispatch_has_kernel_for_dispatch_key(f"ptycho_fast::{op}", key)]
     if missing:

@@ -53,6 +53,21 @@ def test_extract_baseline_clone_of_output(benchmark, data):
     run(benchmark, lambda: patches.clone())
 
 
+# Into a reused buffer (the training/inference loop case): no allocation, no page faults.
+@pytest.mark.benchmark(group="extract_into_buffer")
+def test_extract_into_buffer_ptycho_fast(benchmark, data):
+    canvas, positions, patches, _ = data
+    out = torch.empty_like(patches)
+    run(benchmark, lambda: ops.extract_patches(canvas, positions, N, out=out))
+
+
+@pytest.mark.benchmark(group="extract_into_buffer")
+def test_extract_into_buffer_baseline_copy_of_output(benchmark, data):
+    patches = data[2]
+    out = torch.empty_like(patches)
+    run(benchmark, lambda: out.copy_(patches))
+
+
 # ---- stitch (with weight map) -------------------------------------------------------
 @pytest.mark.benchmark(group="stitch")
 def test_stitch_ptycho_fast(benchmark, data):

@@ -17,6 +17,12 @@ TORCH_LIBRARY(ptycho_fast, m) {
   // patch[b,p,i,j] = bilinear(canvas[b], positions[b,p,0] + i, positions[b,p,1] + j),
   // zero outside the canvas. canvas (H,W) | (B,H,W); positions (P,2) | (B,P,2).
   m.def("extract_patches(Tensor canvas, Tensor positions, int patch_h, int patch_w) -> Tensor");
+  // The same, written into a caller's buffer (no allocation, no page faults: reuse one
+  // buffer across a loop). No autograd. Returns nothing, as torch.compile requires of
+  // custom ops that mutate an input.
+  m.def(
+      "extract_patches_into(Tensor canvas, Tensor positions, int patch_h, int patch_w, "
+      "Tensor(a!) out) -> ()");
   // The exact adjoint of extract_patches. With weights ((h,w) shared or one per patch),
   // returns (sum bilinear*w*patch, sum bilinear*w); without, (sum bilinear*patch, empty).
   m.def(

@@ -77,6 +77,10 @@ if HAVE_EXTENSION:
         torch._check(positions.dim() == canvas.dim(), lambda: "extract_patches: positions must be (P, 2) or (B, P, 2)")
         return canvas.new_empty((*positions.shape[:-1], patch_h, patch_w))
 
+    @torch.library.register_fake("ptycho_fast::extract_patches_into")
+    def _extract_into_fake(canvas, positions, patch_h, patch_w, out):
+        _check_same_device("extract_patches", ("canvas", canvas), ("positions", positions), ("out", out))
+
     @torch.library.register_fake("ptycho_fast::stitch_patches")
     def _stitch_fake(patches, positions, height, width, weights=None):
         _check_same_device("stitch_patches", ("patches", patches), ("positions", positions), ("weights", weights))
@@ -214,17 +218,27 @@ def _check_cuda_positions(op: str, positions: torch.Tensor) -> None:
 
 
 def extract_patches(canvas: torch.Tensor, positions: torch.Tensor,
-                    patch_size: int | Sequence[int]) -> torch.Tensor:
+                    patch_size: int | Sequence[int], *, out: torch.Tensor | None = None) -> torch.Tensor:
     """Cut bilinear patches out of ``canvas`` at sub-pixel ``positions``.
 
     canvas (H, W) or (B, H, W), float32/64 or complex64/128; positions (P, 2) or
     (B, P, 2), the (row, col) of each patch's top-left pixel. Returns (P, h, w) or
     (B, P, h, w) in the canvas dtype; pixels outside the canvas read as zero.
+
+    ``out``: a contiguous buffer of that shape and dtype to write into instead of a new
+    tensor (reuse it across a loop: no allocation, no page faults). Not differentiable.
     """
     ph, pw = _pair(patch_size, "patch_size")
+    if out is not None and torch.is_grad_enabled() and (canvas.requires_grad or positions.requires_grad):
+        raise ValueError("extract_patches: out= does not support autograd; call it under "
+                         "torch.no_grad() or without out=")
     if _use_reference():
-        return reference.extract_patches(canvas, positions, ph, pw)
+        patches = reference.extract_patches(canvas, positions, ph, pw)
+        return patches if out is None else out.copy_(patches)
     _check_cuda_positions("extract_patches", positions)
+    if out is not None:
+        torch.ops.ptycho_fast.extract_patches_into(canvas, positions, ph, pw, out)
+        return out
     return torch.ops.ptycho_fast.extract_patches(canvas, positions, ph, pw)
 
 

@@ -103,10 +103,11 @@ def opcheck_cases(gen):
         (K.patch_stats, (q32, "value")),
         (K.position_grad, (c32, p_b, q32.detach())),
         (K.position_grad, (cz, p_u, qz.detach())),
+        (K.extract_patches_into, (c32.detach(), p_b.detach(), 4, 5, torch.empty(2, 6, 4, 5))),
     ]
 
 
-@pytest.mark.parametrize("case", range(9))
+@pytest.mark.parametrize("case", range(10))
 def test_opcheck(case, gen):
     op, args = opcheck_cases(gen)[case]
     torch.library.opcheck(op, args)

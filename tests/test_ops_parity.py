@@ -150,3 +150,28 @@ def test_positions_beyond_int32_do_not_wrap(dtype, gen):
     assert K.extract_patches(canvas, pos, 3, 3).abs().max() == 0
     patches = random_data((3, 3, 3), dtype, gen)
     assert K.stitch_patches(patches, pos, 10, 10, None)[0].abs().max() == 0
+
+
+@pytest.mark.parametrize("dtype", REAL_AND_COMPLEX)
+@pytest.mark.parametrize("batch", [0, 2])
+def test_extract_into_a_buffer_equals_extract(dtype, batch, gen):
+    lead = (batch,) if batch else ()
+    canvas = random_data(lead + (19, 23), dtype, gen)
+    pos = make_positions("outside", batch, 9, (19, 23), (4, 6), torch.float32, gen)
+    out = torch.full(lead + (9, 4, 6), float("nan"), dtype=dtype)
+    result = ops.extract_patches(canvas, pos, (4, 6), out=out)
+    assert result is out
+    assert torch.equal(out, K.extract_patches(canvas, pos, 4, 6))
+
+
+def test_extract_into_a_buffer_checks_the_buffer(gen):
+    canvas = random_data((2, 10, 10), torch.complex64, gen)
+    pos = torch.zeros(2, 3, 2)
+    with pytest.raises(ValueError, match=r"out must have shape \[2, 3, 4, 4\]"):
+        ops.extract_patches(canvas, pos, 4, out=torch.empty(3, 4, 4, dtype=torch.complex64))
+    with pytest.raises(ValueError, match="out must have the dtype of canvas"):
+        ops.extract_patches(canvas, pos, 4, out=torch.empty(2, 3, 4, 4))
+    with pytest.raises(ValueError, match="out must be contiguous"):
+        ops.extract_patches(canvas, pos, 4, out=torch.empty(2, 3, 4, 8, dtype=torch.complex64)[..., ::2])
+    with pytest.raises(ValueError, match="out= does not support autograd"):
+        ops.extract_patches(canvas.requires_grad_(True), pos, 4, out=torch.empty(2, 3, 4, 4, dtype=torch.complex64))

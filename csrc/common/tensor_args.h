@@ -104,6 +104,26 @@ inline SamplingArgs sampling_args(const char* op, const at::Tensor& canvas,
   return a;
 }
 
+// The caller's buffer of extract_patches.out, checked, as the (B, P, h, w, K) real view
+// the kernels write (a view: writing it fills `out`).
+inline at::Tensor extract_out_buffer(const SamplingArgs& a, const at::Tensor& canvas,
+                                     const at::Tensor& out, int64_t patch_h, int64_t patch_w) {
+  const char* op = "extract_patches";
+  TORCH_CHECK_VALUE(out.defined(), op, ": out is missing");
+  TORCH_CHECK_VALUE(out.scalar_type() == canvas.scalar_type(), op, ": out must have the dtype of canvas (",
+                    canvas.scalar_type(), "), got ", out.scalar_type());
+  check_same_device(op, "canvas", canvas, "out", out);
+  std::vector<int64_t> want;
+  if (a.is_batched) want.push_back(a.B);
+  want.insert(want.end(), {a.P, patch_h, patch_w});
+  TORCH_CHECK_VALUE(out.sizes() == at::IntArrayRef(want), op, ": out must have shape ",
+                    at::IntArrayRef(want), ", got ", out.sizes());
+  TORCH_CHECK_VALUE(out.is_contiguous() && !out.is_conj(), op,
+                    ": out must be contiguous (and not a conjugate view)");
+  at::Tensor real = out.is_complex() ? at::view_as_real(out) : out.unsqueeze(-1);
+  return batched(real, a.is_batched);
+}
+
 // Everything a stitch launcher needs, in kernel layout.
 struct StitchArgs {
   at::Tensor patches;    // (B, P, ph, pw, K) real contiguous

@@ -48,23 +48,38 @@ void extract_kernel(const T* canvas, const double* positions, T* out, int64_t B,
   });
 }
 
-at::Tensor extract_patches_cpu(const at::Tensor& canvas, const at::Tensor& positions,
-                               int64_t patch_h, int64_t patch_w) {
-  const char* op = "extract_patches";
-  check_patch_size(op, patch_h, patch_w);
-  SamplingArgs a = sampling_args(op, canvas, positions);
-  check_finite_positions(op, a.positions);
-  at::Tensor out = at::empty({a.B, a.P, patch_h, patch_w, a.K}, a.canvas.options());
+// Fills buf ((B, P, h, w, K) real, contiguous) from the checked arguments.
+void extract_into(const SamplingArgs& a, at::Tensor& buf, int64_t patch_h, int64_t patch_w) {
+  check_finite_positions("extract_patches", a.positions);
   AT_DISPATCH_FLOATING_TYPES(a.canvas.scalar_type(), "extract_patches_cpu", [&] {
     extract_kernel<scalar_t>(a.canvas.data_ptr<scalar_t>(), a.positions.data_ptr<double>(),
-                             out.data_ptr<scalar_t>(), a.B, a.H, a.W, a.K, a.P, patch_h,
+                             buf.data_ptr<scalar_t>(), a.B, a.H, a.W, a.K, a.P, patch_h,
                              patch_w);
   });
+}
+
+at::Tensor extract_patches_cpu(const at::Tensor& canvas, const at::Tensor& positions,
+                               int64_t patch_h, int64_t patch_w) {
+  check_patch_size("extract_patches", patch_h, patch_w);
+  const SamplingArgs a = sampling_args("extract_patches", canvas, positions);
+  at::Tensor out = at::empty({a.B, a.P, patch_h, patch_w, a.K}, a.canvas.options());
+  extract_into(a, out, patch_h, patch_w);
   return unbatched(from_real_channels(out, a.is_complex), a.is_batched);
+}
+
+void extract_patches_into_cpu(const at::Tensor& canvas, const at::Tensor& positions,
+                                    int64_t patch_h, int64_t patch_w, const at::Tensor& out) {
+  check_patch_size("extract_patches", patch_h, patch_w);
+  const SamplingArgs a = sampling_args("extract_patches", canvas, positions);
+  at::Tensor buf = extract_out_buffer(a, canvas, out, patch_h, patch_w);
+  extract_into(a, buf, patch_h, patch_w);
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(ptycho_fast, CPU, m) { m.impl("extract_patches", &extract_patches_cpu); }
+TORCH_LIBRARY_IMPL(ptycho_fast, CPU, m) {
+  m.impl("extract_patches", &extract_patches_cpu);
+  m.impl("extract_patches_into", &extract_patches_into_cpu);
+}
 
 }  // namespace ptycho_fast

@@ -58,32 +58,46 @@ void launch_extract(const SamplingArgs& a, at::Tensor& out, int64_t ph, int64_t 
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+// Fills buf ((B, P, h, w, K) real, contiguous) from the checked arguments.
+void extract_into(const SamplingArgs& a, at::Tensor& buf, int64_t patch_h, int64_t patch_w) {
+  // No finiteness check here: it would synchronise; ops.py checks CUDA positions.
+  if (buf.numel() == 0) return;
+  const c10::cuda::CUDAGuard guard(a.canvas.device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  // Every index the kernel forms (flat output index, canvas offsets) stays below this.
+  const int64_t largest = std::max<int64_t>(buf.numel(), a.canvas.numel());
+  const bool small = largest < std::numeric_limits<int32_t>::max() / 2;
+  AT_DISPATCH_FLOATING_TYPES(a.canvas.scalar_type(), "extract_patches_cuda", [&] {
+    if (small) {
+      launch_extract<scalar_t, int32_t>(a, buf, patch_h, patch_w, stream);
+    } else {
+      launch_extract<scalar_t, int64_t>(a, buf, patch_h, patch_w, stream);
+    }
+  });
+}
+
 at::Tensor extract_patches_cuda(const at::Tensor& canvas, const at::Tensor& positions,
                                 int64_t patch_h, int64_t patch_w) {
-  const char* op = "extract_patches";
-  check_patch_size(op, patch_h, patch_w);
-  // No finiteness check here: it would synchronise; ops.py checks CUDA positions.
-  const SamplingArgs a = sampling_args(op, canvas, positions);
-  const c10::cuda::CUDAGuard guard(a.canvas.device());
+  check_patch_size("extract_patches", patch_h, patch_w);
+  const SamplingArgs a = sampling_args("extract_patches", canvas, positions);
   at::Tensor out = at::empty({a.B, a.P, patch_h, patch_w, a.K}, a.canvas.options());
-  if (out.numel() > 0) {
-    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-    // Every index the kernel forms (flat output index, canvas offsets) stays below this.
-    const int64_t largest = std::max<int64_t>(out.numel(), a.canvas.numel());
-    const bool small = largest < std::numeric_limits<int32_t>::max() / 2;
-    AT_DISPATCH_FLOATING_TYPES(a.canvas.scalar_type(), "extract_patches_cuda", [&] {
-      if (small) {
-        launch_extract<scalar_t, int32_t>(a, out, patch_h, patch_w, stream);
-      } else {
-        launch_extract<scalar_t, int64_t>(a, out, patch_h, patch_w, stream);
-      }
-    });
-  }
+  extract_into(a, out, patch_h, patch_w);
   return unbatched(from_real_channels(out, a.is_complex), a.is_batched);
+}
+
+void extract_patches_into_cuda(const at::Tensor& canvas, const at::Tensor& positions,
+                                     int64_t patch_h, int64_t patch_w, const at::Tensor& out) {
+  check_patch_size("extract_patches", patch_h, patch_w);
+  const SamplingArgs a = sampling_args("extract_patches", canvas, positions);
+  at::Tensor buf = extract_out_buffer(a, canvas, out, patch_h, patch_w);
+  extract_into(a, buf, patch_h, patch_w);
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(ptycho_fast, CUDA, m) { m.impl("extract_patches", &extract_patches_cuda); }
+TORCH_LIBRARY_IMPL(ptycho_fast, CUDA, m) {
+  m.impl("extract_patches", &extract_patches_cuda);
+  m.impl("extract_patches_into", &extract_patches_into_cuda);
+}
 
 }  // namespace ptycho_fast
