@@ -51,6 +51,8 @@ def extensions():
 
 setup(
     packages=find_packages(include=["ptycho_fast", "ptycho_fast.*"]),
+    # The bundled sample (ptycho-fast infer with no arguments) ships with the package.
+    package_data={"ptycho_fast": ["sample/*.npz", "sample/*.json", "sample/model/*"]},
     ext_modules=extensions(),
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
 )

@@ -29,6 +29,10 @@ EXIT_USER_ERROR = 2
 COMMANDS: dict[str, str] = {
     "simulate": "ptycho_fast.simulate",
     "train": "ptycho_fast.train",
+    "infer": "ptycho_fast.infer",
+    "evaluate": "ptycho_fast.evaluate",
+    "compare": "ptycho_fast.compare",
+    "info": "ptycho_fast.info",
 }
 
 

@@ -1,0 +1,1223 @@
+"""Inference: ``ptycho-fast infer`` (docs/inference.md).
+
+Reconstruct the full-field object from a dataset with a trained model bundle::
+
+    data (P patterns, positions)  --groups of C = gridsize² neighbours (data.group_positions)
+      -> batches of B groups, each reading only its patterns (an HDF5 file streams)
+      -> Bundle.predict: X / s (stored intensity scale) -> network -> object_big (gridsize > 1)
+      -> EVERY predicted patch stitched at its own scan position (ops.stitch_patches with
+         the window as weights, one call per batch into the batch's bounding box)
+      -> object = sum w*patch / sum w where covered (sum w > COVERAGE_FLOOR * max), 0 elsewhere
+
+The canvas is the object pixel frame of the data: the shape and origin of ``objectGuess``
+when the file has one (results compare pixel for pixel with the ground truth), else the
+scan's extent, its pixel [0, 0] at ``origin`` = floor of the smallest patch top-left.
+
+Outputs in DIR (all-or-nothing: every file goes to a temporary name beside it and all are
+renamed into place only once every one is complete): ``object.npz``, ``object.h5``,
+``object_ptychodus.h5`` (``--format ptychodus``), ``amplitude.png``, ``phase.png``,
+``summary.json`` [, ``patch_stats.json`` with ``--log-patch-stats``].
+
+The collapse guard checks the statistics of the network's predicted patches (ops.patch_stats)
+after the first batch and over all patches at the end: non-finite values, an amplitude that
+is zero everywhere, or a complex ``var_zero_mean`` below ``--collapse-floor`` stop the run
+with exit code 3 (as ``ptycho-fast train``'s guard does), unless ``--allow-degenerate``.
+
+The stitching path is testable without a network: :func:`reconstruct` takes any
+``predictor(X, offsets, indices) -> patches`` (or ``(network_patches, stitched_patches)``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import io
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from . import coords, ops as fast_ops, reference
+from .data.dataset import DataWarning, UserError, atomic_output
+from .object_big import ObjectBig, make_window, ops_backend
+from .progress import Progress
+from .train import DEFAULT_COLLAPSE_FLOOR, EXIT_COLLAPSE
+
+__all__ = [
+    "InferConfig", "InferResult", "Reconstruction", "CollapseError", "CanvasFrame",
+    "BundlePredictor", "canvas_frame", "reconstruct", "run_infer", "write_debug_dump",
+    "collapse_reason", "sample_paths", "SAMPLE_DIR", "SAMPLE_DATA", "SAMPLE_MODEL",
+    "DEFAULT_OUT", "WINDOWS", "FORMATS", "OPS", "COVERAGE_FLOOR", "STATS_DDOF",
+    "DEFAULT_BATCH_SIZE", "DEFAULT_COLLAPSE_FLOOR", "EXIT_COLLAPSE",
+]
+
+#: the bundled sample (package data, produced by scripts/make_sample.py)
+SAMPLE_DIR = Path(__file__).resolve().parent / "sample"
+SAMPLE_DATA = SAMPLE_DIR / "sample.npz"
+SAMPLE_MODEL = SAMPLE_DIR / "model"
+#: output directory when --out is not given
+DEFAULT_OUT = "ptycho_fast_out"
+#: stitching windows: |probe|^2, the central N/2 x N/2 mask (object_big's 'central'), ones
+WINDOWS = ("probe", "mask", "ones")
+_WINDOW_KIND = {"probe": "probe", "mask": "central", "ones": "ones"}
+FORMATS = ("npz", "h5", "ptychodus")
+DEFAULT_FORMATS = ("npz", "h5")
+OPS = ("ptycho_fast", "reference")
+#: groups per network call
+DEFAULT_BATCH_SIZE = 64
+#: a canvas pixel is covered when its accumulated weight exceeds this fraction of the
+#: largest accumulated weight; uncovered pixels are 0 in the object (never divided)
+COVERAGE_FLOOR = 1e-6
+#: patch statistics are population statistics (ddof = 0), as ops.patch_stats computes them
+STATS_DDOF = 0
+#: predicted patches shown in the debug dump
+DEBUG_PATCHES = 16
+#: a batch's patterns are read as one slice when it spans at most this many times their
+#: number of distinct patterns, or at most SPAN_MIN rows (bounded memory either way)
+SPAN_FACTOR = 4
+SPAN_MIN = 256
+#: warn when this data's intensity scale differs from the model's by more than this factor
+SCALE_WARN_FACTOR = 2.0
+
+OBJECT_NPZ = "object.npz"
+OBJECT_H5 = "object.h5"
+PTYCHODUS_PRODUCT = "object_ptychodus.h5"
+AMPLITUDE_PNG = "amplitude.png"
+PHASE_PNG = "phase.png"
+SUMMARY_JSON = "summary.json"
+PATCH_STATS_JSON = "patch_stats.json"
+SUMMARY_FORMAT = "ptycho_fast.inference_summary"
+OBJECT_FORMAT = "ptycho_fast.inference_object"
+FORMAT_VERSION = 1
+CONVENTION = ("object[row, col] in canvas pixels; canvas pixel [0, 0] is data-frame pixel origin "
+              "(row, col) (0, 0 when the data has objectGuess: same frame); positions are probe "
+              "centres (row, col) in canvas pixels; a patch centred at (y, x) has top-left "
+              "(y - N/2, x - N/2)")
+
+
+class CollapseError(RuntimeError):
+    """The predicted patches are degenerate (non-finite, zero, or constant). ``partial``
+    holds the reconstruction state so far (for the debug dump)."""
+
+    def __init__(self, message: str, partial: "Reconstruction | None" = None):
+        super().__init__(message)
+        self.partial = partial
+
+
+# ----------------------------------------------------------------------------- canvas frame
+@dataclass
+class CanvasFrame:
+    """``shape`` (H, W) of the canvas; ``origin`` (row, col): the data-frame coordinates of
+    canvas pixel [0, 0]; ``source``: 'objectGuess' or 'scan extent'."""
+    shape: tuple[int, int]
+    origin: np.ndarray
+    source: str
+
+
+def canvas_frame(positions: np.ndarray, N: int, object_shape=None) -> CanvasFrame:
+    """The object pixel frame of the data: ``objectGuess``'s shape and origin when known,
+    else the scan's extent (every patch, plus the pixel bilinear interpolation reaches)."""
+    if object_shape is not None:
+        H, W = (int(s) for s in object_shape[-2:])
+        return CanvasFrame((H, W), np.zeros(2), "objectGuess")
+    top_left = coords.centres_to_top_left(np.asarray(positions, dtype=np.float64), N)
+    origin = np.floor(top_left.min(axis=0))
+    extent = np.ceil(top_left.max(axis=0) - origin).astype(np.int64) + N
+    return CanvasFrame((int(extent[0]), int(extent[1])), origin, "scan extent")
+
+
+def _check_positions_hit(top_left: np.ndarray, shape, N: int, where: str) -> None:
+    """Every patch must overlap the canvas (else its prediction would be thrown away)."""
+    H, W = shape
+    miss = ((top_left[:, 0] > H - 1) | (top_left[:, 0] + N - 1 < 0)
+            | (top_left[:, 1] > W - 1) | (top_left[:, 1] + N - 1 < 0))
+    if miss.any():
+        i = int(np.argmax(miss))
+        centre = coords.top_left_to_centres(top_left[i], N)
+        raise UserError(f"{where}: {int(miss.sum())} of {len(miss)} scan positions put their patch "
+                        f"entirely outside the {H} x {W} object canvas (e.g. position {i}, centre "
+                        f"row {centre[0]:.1f}, col {centre[1]:.1f}); positions are probe centres in "
+                        "object pixels (xcoords = column, ycoords = row)")
+
+
+# ----------------------------------------------------------------------------- backends
+@dataclass(frozen=True)
+class _Backend:
+    name: str
+    stitch: Callable   # (patches, positions, H, W, weights) -> (canvas, weight_map)
+    stats: Callable    # (patches, view) -> PatchStats
+
+
+def _backend(name: str) -> _Backend:
+    if name == "ptycho_fast":
+        return _Backend(name, lambda p, pos, h, w, wt: fast_ops.stitch_patches(p, pos, (h, w), wt),
+                        fast_ops.patch_stats)
+    if name == "reference":
+        return _Backend(name, reference.stitch_patches,
+                        lambda p, view: fast_ops.PatchStats(*reference.patch_stats(p, view)))
+    raise UserError(f"--ops: must be one of {', '.join(OPS)}, got {name!r}")
+
+
+class BundlePredictor:
+    """Predicted patches of a model bundle: ``Bundle.predict`` (the stored intensity scale,
+    the network) without consistency, then object_big with the bundle's window when the
+    model uses it (gridsize > 1), through the chosen ops. Returns
+    ``(network_patches, stitched_patches)``, each (B, C, N, N) complex."""
+
+    def __init__(self, bundle, ops: str = "ptycho_fast"):
+        self.bundle = bundle
+        self.merge = None
+        if bundle.object_big and bundle.C > 1:
+            # canvas size per batch (None): inference groups may reach further than training
+            # ones; an integer shift of the local canvas leaves the result unchanged.
+            self.merge = ObjectBig(bundle.window_tensor(device=bundle.device), None, ops_backend(ops))
+
+    @torch.no_grad()
+    def __call__(self, X: torch.Tensor, offsets: torch.Tensor, indices=None):
+        raw = self.bundle.predict(X, consistency=False)
+        patches = raw if self.merge is None else self.merge(raw, offsets.to(raw.device))
+        return raw, patches
+
+
+# ----------------------------------------------------------------------------- statistics
+_VIEWS = ("amplitude", "phase", "real", "imag")
+#: phase statistics (an atan2 per pixel: ~5x the cost of the other views) are gathered over
+#: the first PHASE_STATS_BATCHES batches (and every batch logged with --log-patch-stats)
+PHASE_STATS_BATCHES = 4
+
+
+class _StatsAccumulator:
+    """Running statistics over patches from per-patch statistics (float64; Chan's
+    combination of the per-patch means, so no second pass over the data). Each view keeps
+    its own count (phase may be gathered over fewer batches); a patch with a non-finite
+    statistic in any view of its batch is counted in ``n_nonfinite_patches`` and left out."""
+
+    def __init__(self):
+        self.n = 0
+        self.n_nonfinite = 0
+        self.v = {v: {"n": 0, "mean": 0.0, "m2_means": 0.0, "sum_var": 0.0, "min": math.inf,
+                      "max": -math.inf} for v in _VIEWS}
+
+    def add(self, stats: dict) -> None:
+        cols = {v: [getattr(st, f).detach().double().flatten().cpu() for f in ("mean", "var", "min", "max")]
+                for v, st in stats.items()}
+        b = int(cols["amplitude"][0].numel())
+        finite = torch.ones(b, dtype=torch.bool)
+        for v in cols:
+            for t in cols[v]:
+                finite &= torch.isfinite(t)
+        k = int(finite.sum())
+        if k:
+            for v in cols:
+                mean, var, lo, hi = (t[finite] for t in cols[v])
+                acc = self.v[v]
+                n0, total = acc["n"], acc["n"] + k
+                mean_b = float(mean.mean())
+                m2_b = float(((mean - mean_b) ** 2).sum())
+                delta = mean_b - acc["mean"]
+                acc["mean"] += delta * k / total
+                acc["m2_means"] += m2_b + delta * delta * n0 * k / total
+                acc["sum_var"] += float(var.sum())
+                acc["min"] = min(acc["min"], float(lo.min()))
+                acc["max"] = max(acc["max"], float(hi.max()))
+                acc["n"] = total
+        self.n += b
+        self.n_nonfinite += b - k
+
+    def summary(self) -> dict:
+        out: dict[str, Any] = {"n_patches": self.n, "n_nonfinite_patches": self.n_nonfinite,
+                               "ddof": STATS_DDOF}
+        for v in _VIEWS:
+            acc = self.v[v]
+            n = acc["n"]
+            if n == 0:
+                out[v] = {k: math.nan for k in ("mean", "std", "min", "max", "var_zero_mean")}
+                out[v]["n_patches"] = 0
+                continue
+            vzm = acc["sum_var"] / n
+            # population std over every pixel of every patch: the mean within-patch variance
+            # plus the variance of the patch means
+            std = math.sqrt(max(vzm + acc["m2_means"] / n, 0.0))
+            out[v] = {"mean": acc["mean"], "std": std, "min": acc["min"], "max": acc["max"],
+                      "var_zero_mean": vzm, "n_patches": n}
+        out["complex_var_zero_mean"] = out["real"]["var_zero_mean"] + out["imag"]["var_zero_mean"]
+        return out
+
+
+def _batch_stats(backend: _Backend, patches: torch.Tensor, phase: bool = True) -> dict:
+    return {v: backend.stats(patches, v) for v in _VIEWS if phase or v != "phase"}
+
+
+def collapse_reason(summary: dict, floor: float) -> str | None:
+    """Why a patch-statistics summary (:class:`_StatsAccumulator`) is degenerate, or None."""
+    n = summary["n_patches"]
+    if summary["n_nonfinite_patches"]:
+        return (f"{summary['n_nonfinite_patches']} of {n} predicted patches contain non-finite "
+                "values (NaN or Inf)")
+    if not summary["amplitude"]["max"] > 0:
+        return f"the predicted amplitude is zero everywhere (all {n} patches)"
+    var = summary["complex_var_zero_mean"]
+    if not var >= floor:
+        return (f"the predicted patches are constant: their variance (var_zero_mean of the complex "
+                f"values, ddof {STATS_DDOF}) is {var:.3g}, below the floor {floor:.3g} "
+                f"(--collapse-floor); amplitude mean {summary['amplitude']['mean']:.4g}")
+    return None
+
+
+def _record(stats: dict, batch: int) -> dict:
+    acc = _StatsAccumulator()
+    acc.add(stats)
+    s = acc.summary()
+    return {"batch": batch, "n_patches": s["n_patches"], "ddof": STATS_DDOF,
+            "complex_var_zero_mean": s["complex_var_zero_mean"],
+            "amplitude": s["amplitude"], "phase": s["phase"]}
+
+
+# ----------------------------------------------------------------------------- reconstruction
+@dataclass
+class Reconstruction:
+    """What :func:`reconstruct` produced (or had produced when the guard stopped it)."""
+    object: np.ndarray | None             # (H, W) complex64
+    coverage: np.ndarray | None           # (H, W) float32 accumulated weight
+    covered: np.ndarray | None            # (H, W) bool: coverage > floor
+    coverage_floor: float
+    frame: CanvasFrame
+    positions: np.ndarray                 # (P, 2) probe centres, canvas pixels
+    N: int
+    gridsize: int
+    n_patterns: int
+    n_groups: int
+    n_patches: int = 0                    # stitched so far
+    window: str = "probe"
+    ops: str = "ptycho_fast"
+    batch_size: int = DEFAULT_BATCH_SIZE
+    seed: int = 0
+    timings: dict = field(default_factory=dict)
+    stats: dict = field(default_factory=dict)             # all predicted patches
+    first_batch_stats: dict = field(default_factory=dict)
+    batch_records: list = field(default_factory=list)     # first K batches
+    first_patches: np.ndarray | None = None               # up to 16 network patches
+    group_offsets: np.ndarray | None = None               # (G, C, 2) member - centroid
+    data_intensity_scale: float | None = None              # from the patterns read
+    degenerate: str | None = None                         # guard reason (--allow-degenerate)
+    canvas_stats: dict = field(default_factory=dict)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _as_pair(out):
+    if isinstance(out, tuple):
+        raw, patches = out
+    else:
+        raw = patches = out
+    return raw, patches
+
+
+def reconstruct(dataset, predictor, *, N: int | None = None, gridsize: int = 1,
+                batch_size: int = DEFAULT_BATCH_SIZE, window: str = "probe", ops: str = "ptycho_fast",
+                n_patterns: int | None = None, seed: int = 0, device="cpu", progress: bool = False,
+                collapse_floor: float = DEFAULT_COLLAPSE_FLOOR, allow_degenerate: bool = False,
+                guard: bool = True, stats_limit: int = 0, model_intensity_scale: float | None = None,
+                on_warning=None) -> Reconstruction:
+    """Predict every group of ``dataset`` in batches and stitch every predicted patch at its
+    own scan position into the full-field object (module doc).
+
+    ``predictor(X, offsets, indices)``: X (B, C, N, N) float32 measured amplitudes (counts
+    units, on ``device``), offsets (B, C, 2) float32 member - centroid, indices (B, C) int64
+    pattern indices; returns complex patches (B, C, N, N), or ``(network_patches,
+    stitched_patches)`` (the statistics and the guard read the first). ``batch_size`` is in
+    groups. The data are read batch by batch through the data layer (:class:`_PatternReader`;
+    a lazy HDF5 file streams).
+    Raises :class:`CollapseError` when the guard trips (unless ``allow_degenerate``, which
+    records the reason in ``Reconstruction.degenerate`` and goes on). ``model_intensity_scale``
+    (the bundle's s) is compared with this data's, estimated from the first batch: a factor
+    beyond :data:`SCALE_WARN_FACTOR` is reported to ``on_warning(message)``, and the guard's
+    message quotes both.
+    """
+    from .data import group_positions
+    t_start = time.perf_counter()
+    device = torch.device(device)
+    backend = _backend(ops)
+    N = int(dataset.N if N is None else N)
+    if window not in WINDOWS:
+        raise UserError(f"--window: must be one of {', '.join(WINDOWS)}, got {window!r}")
+    P_all = dataset.n_patterns
+    P = P_all if n_patterns is None else int(n_patterns)
+    if not 1 <= P <= P_all:
+        raise UserError(f"--n-patterns: must be between 1 and the {P_all} patterns of the data, got {P}")
+    C = int(gridsize) ** 2
+    if P < C:
+        raise UserError(f"--n-patterns {P}: a gridsize-{gridsize} model needs groups of {C} patterns")
+    if int(batch_size) < 1:
+        raise UserError(f"--batch-size: must be >= 1, got {batch_size}")
+    positions = np.asarray(dataset.positions[:P], dtype=np.float64)
+    obj_shape = None if dataset.object is None else dataset.object.shape
+    frame = canvas_frame(positions, N, obj_shape)
+    H, W = frame.shape
+    centres = positions - frame.origin
+    top_left = coords.centres_to_top_left(centres, N)
+    _check_positions_hit(top_left, frame.shape, N, str(getattr(dataset, "source", "data")))
+
+    groups = group_positions(positions, int(gridsize), seed=seed)
+    G = groups.n_groups
+    rec = Reconstruction(object=None, coverage=None, covered=None, coverage_floor=COVERAGE_FLOOR,
+                         frame=frame, positions=centres, N=N, gridsize=int(gridsize), n_patterns=P,
+                         n_groups=G, window=window, ops=backend.name, batch_size=int(batch_size),
+                         seed=seed, group_offsets=groups.offsets)
+    win = make_window(_WINDOW_KIND[window], N, dataset.probe, dtype=torch.float32, device=device)
+    canvas = torch.zeros((H, W), dtype=torch.complex128, device=device)
+    weight = torch.zeros((H, W), dtype=torch.float64, device=device)
+    top_left_t = torch.as_tensor(top_left, dtype=torch.float64, device=device)
+    accumulator = _StatsAccumulator()
+    t = {"read": 0.0, "network": 0.0, "stats": 0.0, "stitching": 0.0}
+    energy, energy_n = 0.0, 0
+    flat = groups.indices.reshape(-1)
+    read = _PatternReader(dataset)
+    bar = Progress(G * C, "infer", enabled=None if progress else False, unit="pat")
+    with bar:
+        for k, g0 in enumerate(range(0, G, int(batch_size))):
+            g1 = min(g0 + int(batch_size), G)
+            b = g1 - g0
+            t0 = time.perf_counter()
+            idx = flat[g0 * C:g1 * C]
+            amps = read(idx)
+            X = torch.as_tensor(np.asarray(amps, dtype=np.float32)).reshape(b, C, N, N).to(device)
+            offsets = torch.as_tensor(groups.offsets[g0:g1], dtype=torch.float32, device=device)
+            batch_energy = float(X.double().square().sum())
+            energy, energy_n = energy + batch_energy, energy_n + b * C
+            _sync(device)
+            t1 = time.perf_counter()
+            raw, patches = _as_pair(predictor(X, offsets, groups.indices[g0:g1]))
+            raw = raw.reshape(b * C, N, N)
+            raw = raw if raw.is_complex() else torch.complex(raw, torch.zeros_like(raw))
+            patches = patches.reshape(b * C, N, N).to(torch.complex64)
+            _sync(device)
+            t2 = time.perf_counter()
+            stats = _batch_stats(backend, raw, phase=k < max(PHASE_STATS_BATCHES, stats_limit))
+            accumulator.add(stats)
+            if k < stats_limit:
+                rec.batch_records.append(_record(stats, k))
+            if rec.first_patches is None or len(rec.first_patches) < DEBUG_PATCHES:
+                more = raw[:DEBUG_PATCHES].detach().to(torch.complex64).cpu().numpy()
+                rec.first_patches = more if rec.first_patches is None else np.concatenate(
+                    [rec.first_patches, more])[:DEBUG_PATCHES]
+            _sync(device)
+            t3 = time.perf_counter()
+            if k == 0:
+                rec.first_batch_stats = accumulator.summary()
+                rec.data_intensity_scale = math.sqrt(energy / energy_n) / (N / 2)
+                if model_intensity_scale and on_warning is not None:
+                    ratio = rec.data_intensity_scale / model_intensity_scale
+                    if not 1 / SCALE_WARN_FACTOR <= ratio <= SCALE_WARN_FACTOR:
+                        on_warning(f"this data's intensity scale ({rec.data_intensity_scale:.4g}, from "
+                                   f"the first batch) differs from the model's ({model_intensity_scale:.4g}) "
+                                   f"by a factor {ratio:.3g}: the dose differs from the training data's")
+                if guard:
+                    _guard(rec, rec.first_batch_stats, collapse_floor, allow_degenerate,
+                           "after the first batch", on_warning, model_intensity_scale)
+            _stitch_batch(backend, patches, top_left_t[torch.as_tensor(idx, device=device)], win,
+                          canvas, weight, N)
+            _sync(device)
+            t4 = time.perf_counter()
+            t["read"] += t1 - t0
+            t["network"] += t2 - t1
+            t["stats"] += t3 - t2
+            t["stitching"] += t4 - t3
+            rec.n_patches += b * C
+            bar.update(b * C)
+    t0 = time.perf_counter()
+    wmax = float(weight.max()) if weight.numel() else 0.0
+    floor = COVERAGE_FLOOR * wmax
+    covered = weight > floor if wmax > 0 else torch.zeros_like(weight, dtype=torch.bool)
+    obj = torch.where(covered, canvas / torch.where(covered, weight, torch.ones_like(weight)),
+                      torch.zeros_like(canvas))
+    rec.object = obj.to(torch.complex64).cpu().numpy()
+    rec.coverage = weight.to(torch.float32).cpu().numpy()
+    rec.covered = covered.cpu().numpy()
+    _sync(device)
+    t["stitching"] += time.perf_counter() - t0
+    rec.data_intensity_scale = math.sqrt(energy / max(energy_n, 1)) / (N / 2)
+    rec.stats = accumulator.summary()
+    rec.canvas_stats = _canvas_stats(rec.object, rec.covered)
+    t["reconstruct_total"] = time.perf_counter() - t_start
+    rec.timings = t
+    if guard:
+        _guard(rec, rec.stats, collapse_floor, allow_degenerate, f"over all {rec.stats['n_patches']} patches",
+               on_warning, model_intensity_scale)
+    return rec
+
+
+class _PatternReader:
+    """The patterns of each batch's group members, read through the data layer.
+
+    Group members are neighbours in the scan, hence close in file order: a batch reads the
+    one contiguous slice ``dataset.diffraction[lo:hi]`` covering them when it is compact (at
+    most SPAN_FACTOR times the number of distinct patterns, or SPAN_MIN rows) — a slice of a
+    chunked HDF5 file reads ~5x faster than an index list — else just the distinct indices.
+    Consecutive batches' slices overlap (the scan's neighbouring rows), so the rows still held
+    from the previous slice are reused and only the new ones are read: a scan in file order
+    is read about once. A lazy file is validated block by block as it is read."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+        self.lo = self.hi = 0
+        self.block = None
+        self.rows_read = 0
+
+    def _read(self, lo: int, hi: int) -> np.ndarray:
+        self.rows_read += hi - lo
+        return np.asarray(self.dataset.diffraction[lo:hi], dtype=np.float32)
+
+    def _rows(self, lo: int, hi: int) -> np.ndarray:
+        if self.block is not None and lo < self.hi and hi > self.lo:   # overlaps the last slice
+            parts = []
+            if lo < self.lo:
+                parts.append(self._read(lo, self.lo))
+            parts.append(self.block[max(lo, self.lo) - self.lo:min(hi, self.hi) - self.lo])
+            if hi > self.hi:
+                parts.append(self._read(self.hi, hi))
+            block = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        else:
+            block = self._read(lo, hi)
+        self.lo, self.hi, self.block = lo, hi, block
+        return block
+
+    def __call__(self, idx: np.ndarray) -> np.ndarray:
+        uniq = np.unique(idx)
+        lo, hi = int(uniq[0]), int(uniq[-1]) + 1
+        if hi - lo <= max(SPAN_FACTOR * len(uniq), SPAN_MIN):
+            return self._rows(lo, hi)[idx - lo]
+        self.rows_read += len(uniq)
+        return np.asarray(self.dataset.diffraction[uniq], dtype=np.float32)[np.searchsorted(uniq, idx)]
+
+
+def _stitch_batch(backend: _Backend, patches: torch.Tensor, top_left: torch.Tensor, win: torch.Tensor,
+                  canvas: torch.Tensor, weight: torch.Tensor, N: int) -> None:
+    """Stitch one batch into the bounding box of its patches (the canvas is not touched
+    elsewhere), then add the box into the float64 accumulators. Bilinear fractions are
+    unchanged by the integer shift, so this equals stitching into the whole canvas."""
+    H, W = canvas.shape
+    lo = torch.floor(top_left.min(dim=0).values)
+    hi = torch.floor(top_left.max(dim=0).values)
+    r0, c0 = max(int(lo[0]), 0), max(int(lo[1]), 0)
+    r1, c1 = min(int(hi[0]) + N + 1, H), min(int(hi[1]) + N + 1, W)
+    if r1 <= r0 or c1 <= c0:
+        return
+    shift = torch.tensor([r0, c0], dtype=top_left.dtype, device=top_left.device)
+    part, wpart = backend.stitch(patches, top_left - shift, r1 - r0, c1 - c0, win)
+    canvas[r0:r1, c0:c1] += part
+    weight[r0:r1, c0:c1] += wpart
+
+
+def _guard(rec: Reconstruction, summary: dict, floor: float, allow: bool, when: str, on_warning,
+           model_scale: float | None = None) -> None:
+    reason = collapse_reason(summary, floor)
+    if reason is None:
+        return
+    scale = rec.data_intensity_scale
+    message = f"the predicted patches are degenerate {when}: {reason}"
+    if allow:
+        rec.degenerate = message
+        if on_warning is not None:
+            on_warning(message + " (--allow-degenerate: writing the result anyway)")
+        return
+    hint = ("Likely causes: the model does not fit this data (trained on another kind of sample, "
+            "probe or detector), or a scale mismatch between the data and the model's training data")
+    if scale is not None and model_scale:
+        hint += f" (this data's intensity scale is {scale:.4g}, the model's {model_scale:.4g})"
+    raise CollapseError(f"{message}. {hint}. Inspect them with --debug-dump DIR2, or pass "
+                        "--allow-degenerate to write the result anyway", partial=rec)
+
+
+def _patch_stats_doc(stats: dict) -> dict:
+    """The patch statistics as written to summary.json / stats.json: ``var_zero_mean`` at the
+    top is that of the amplitude (= ``ops.var_zero_mean(patches)``)."""
+    if not stats:
+        return {}
+    return {"of": "the network's predicted patches (before object_big)",
+            "var_zero_mean": stats["amplitude"]["var_zero_mean"],
+            "var_zero_mean_view": "amplitude",
+            "definition": "var_zero_mean = mean over patches of each patch's population variance "
+                          "(ddof 0); std = population std over every pixel of every patch",
+            **stats}
+
+
+def _canvas_stats(obj: np.ndarray, covered: np.ndarray) -> dict:
+    n = int(covered.sum())
+    out: dict[str, Any] = {"covered_pixels": n, "covered_fraction": n / max(covered.size, 1)}
+    if n == 0:
+        return out
+    amp = np.abs(obj[covered]).astype(np.float64)
+    phase = np.angle(obj[covered]).astype(np.float64)
+    for name, v in (("amplitude", amp), ("phase", phase)):
+        out[name] = {"mean": float(v.mean()), "std": float(v.std(ddof=STATS_DDOF)),
+                     "min": float(v.min()), "max": float(v.max())}
+    out["ddof"] = STATS_DDOF
+    out["of"] = "covered canvas pixels"
+    return out
+
+
+# ----------------------------------------------------------------------------- images
+def _matplotlib():
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        return plt
+    except ImportError:
+        return None
+
+
+def _nice_length(width_px: int) -> int:
+    target = max(width_px / 5.0, 1.0)
+    exp = 10 ** math.floor(math.log10(target))
+    for m in (1, 2, 5, 10):
+        if m * exp >= target * 0.75:
+            return int(m * exp)
+    return int(10 * exp)
+
+
+def _png_bytes_plain(img: np.ndarray) -> bytes:
+    """A grayscale 8-bit PNG with no dependency (used without matplotlib)."""
+    import struct
+    import zlib
+    img = np.asarray(img, dtype=np.float64)
+    finite = np.isfinite(img)
+    lo, hi = (float(img[finite].min()), float(img[finite].max())) if finite.any() else (0.0, 1.0)
+    u8 = np.zeros(img.shape, np.uint8)
+    if hi > lo:
+        u8[finite] = np.clip(255 * (img[finite] - lo) / (hi - lo), 0, 255).astype(np.uint8)
+
+    def chunk(tag, data):
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+    raw = b"".join(b"\x00" + row.tobytes() for row in u8)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", u8.shape[1], u8.shape[0], 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b""))
+
+
+def _object_png(values: np.ndarray, covered: np.ndarray, title: str, label: str, cmap: str,
+                pixel_size_m: float | None = None) -> bytes:
+    """A PNG of ``values`` (uncovered pixels grey), with a colour bar, pixel axes and a
+    scale bar in pixels (and metres when the pixel size is known)."""
+    plt = _matplotlib()
+    shown = np.where(covered, values, np.nan)
+    if plt is None:
+        return _png_bytes_plain(shown)
+    from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
+    H, W = values.shape
+    fig, ax = plt.subplots(figsize=(6.4, 5.6))
+    colours = plt.get_cmap(cmap).with_extremes(bad="0.8")
+    data = np.ma.masked_invalid(shown)
+    kw = {}
+    if covered.any():
+        lo, hi = np.percentile(values[covered], [0.5, 99.5])
+        if hi > lo:
+            kw = {"vmin": lo, "vmax": hi}
+    im = ax.imshow(data, cmap=colours, interpolation="nearest", **kw)
+    fig.colorbar(im, ax=ax, label=label, fraction=0.046, pad=0.04)
+    ax.set_xlabel("column (px)")
+    ax.set_ylabel("row (px)")
+    length = _nice_length(W)
+    bar_label = f"{length} px"
+    if pixel_size_m:
+        metres = length * pixel_size_m
+        bar_label += f" = {metres * 1e6:.3g} µm" if metres >= 1e-6 else f" = {metres * 1e9:.3g} nm"
+    ax.add_artist(AnchoredSizeBar(ax.transData, length, bar_label, "lower right", pad=0.4,
+                                  color="white", frameon=True, size_vertical=max(H / 150, 1),
+                                  label_top=True))
+    ax.artists[-1].patch.set_facecolor("0.2")
+    ax.artists[-1].patch.set_alpha(0.6)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _patch_grid_png(values: np.ndarray, title: str, per_patch: bool, cmap: str, label: str,
+                    names: list[str] | None = None) -> bytes:
+    """A 4 x 4 grid of patches: on one colour scale, or each scaled to its own min..max."""
+    k = len(values)
+    plt = _matplotlib()
+    if per_patch:
+        lo = values.reshape(k, -1).min(axis=1)[:, None, None]
+        hi = values.reshape(k, -1).max(axis=1)[:, None, None]
+        values = np.where(hi > lo, (values - lo) / np.where(hi > lo, hi - lo, 1), 0.0)
+    if plt is None:
+        N = values.shape[-1]
+        side = 4
+        grid = np.full((side * (N + 2), side * (N + 2)), np.nan)
+        for i in range(k):
+            r, c = divmod(i, side)
+            grid[r * (N + 2):r * (N + 2) + N, c * (N + 2):c * (N + 2) + N] = values[i]
+        return _png_bytes_plain(grid)
+    fig, axes = plt.subplots(4, 4, figsize=(7.5, 7.5))
+    finite = values[np.isfinite(values)]
+    vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    im = None
+    for i, ax in enumerate(axes.flat):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if i < k:
+            im = ax.imshow(values[i], cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+            ax.set_title(names[i] if names else f"patch {i}", fontsize=7)
+        else:
+            ax.axis("off")
+    if im is not None:
+        fig.colorbar(im, ax=axes, label=label + (" (per-patch min..max -> 0..1)" if per_patch else ""),
+                     fraction=0.03, pad=0.02)
+    fig.suptitle(title, fontsize=9)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+# ----------------------------------------------------------------------------- writing
+class _OutputSet:
+    """All-or-nothing outputs in one directory: each file is written to a temporary name
+    beside its target; :meth:`commit` renames every one into place (``os.replace``) only
+    after all were written; :meth:`abort` removes the temporaries (and the directory, if
+    this run created it and it is empty)."""
+
+    def __init__(self, directory: Path, created: bool):
+        self.dir = directory
+        self.created = created
+        self.pending: dict[str, Path] = {}
+
+    @contextlib.contextmanager
+    def file(self, name: str):
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=self.dir)
+        os.close(fd)
+        tmp_path = Path(tmp)
+        try:
+            yield tmp_path
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp_path.unlink()
+            raise
+        self.pending[name] = tmp_path
+
+    def write_bytes(self, name: str, data: bytes) -> None:
+        with self.file(name) as tmp:
+            with open(tmp, "wb") as f:
+                f.write(data)
+
+    def write_json(self, name: str, obj) -> None:
+        self.write_bytes(name, (json.dumps(_jsonable(obj), indent=2, allow_nan=True) + "\n").encode())
+
+    def commit(self) -> list[str]:
+        mask = os.umask(0)
+        os.umask(mask)
+        for name, tmp in self.pending.items():
+            os.chmod(tmp, 0o666 & ~mask)
+            os.replace(tmp, self.dir / name)
+        names = list(self.pending)
+        self.pending = {}
+        return names
+
+    def abort(self) -> None:
+        for tmp in self.pending.values():
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        self.pending = {}
+        if self.created:
+            with contextlib.suppress(OSError):
+                self.dir.rmdir()  # only if empty
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, (np.floating, np.integer, np.bool_)):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def _write_object_npz(path: Path, rec: Reconstruction) -> None:
+    with open(path, "wb") as f:
+        np.savez(f, object=rec.object.astype(np.complex64), coverage=rec.coverage.astype(np.float32),
+                 covered=rec.covered, positions=rec.positions.astype(np.float64),
+                 origin=np.asarray(rec.frame.origin, dtype=np.float64),
+                 coverage_floor=np.float64(rec.coverage_floor))
+
+
+def _write_object_h5(path: Path, rec: Reconstruction, attrs: dict) -> None:
+    import h5py
+    with h5py.File(path, "w") as f:
+        f.attrs["format"] = OBJECT_FORMAT
+        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["convention"] = CONVENTION
+        for k, v in attrs.items():
+            f.attrs[k] = v
+        d = f.create_dataset("object", data=rec.object.astype(np.complex64), chunks=True, compression="gzip")
+        d.attrs["units"] = "complex transmission"
+        f.create_dataset("coverage", data=rec.coverage.astype(np.float32), chunks=True,
+                         compression="gzip").attrs["units"] = "accumulated window weight"
+        f.create_dataset("covered", data=rec.covered, chunks=True, compression="gzip")
+        f.create_dataset("positions", data=rec.positions.astype(np.float64)).attrs["units"] = \
+            "probe centres (row, col), canvas pixels"
+        f.create_dataset("origin", data=np.asarray(rec.frame.origin, dtype=np.float64)).attrs["units"] = \
+            "data-frame (row, col) of canvas pixel [0, 0]"
+
+
+# ----------------------------------------------------------------------------- debug dump
+def write_debug_dump(directory, rec: Reconstruction) -> list[str]:
+    """stats.json, offsets.json, canvas.json and patch-grid PNGs of the first predicted
+    patches into ``directory`` (created if missing; each file written atomically)."""
+    directory = Path(directory)
+    directory.mkdir(exist_ok=True)
+    written = []
+
+    def put_json(name, obj):
+        with atomic_output(directory / name) as tmp:
+            tmp.write_text(json.dumps(_jsonable(obj), indent=2, allow_nan=True) + "\n")
+        written.append(name)
+
+    put_json("stats.json", {
+        "patch_stats": _patch_stats_doc(rec.stats),
+        "first_batch": _patch_stats_doc(rec.first_batch_stats),
+        "canvas": rec.canvas_stats,
+        "ddof": STATS_DDOF,
+        "data_intensity_scale": rec.data_intensity_scale,
+        "degenerate": rec.degenerate,
+    })
+    H, W = rec.frame.shape
+    centre = np.array([H / 2.0, W / 2.0])
+    offsets = rec.positions - centre                        # (P, 2) dy, dx
+    group_off = rec.group_offsets.reshape(-1, 2) if rec.group_offsets is not None else np.zeros((0, 2))
+
+    def describe(arr):
+        if len(arr) == 0:
+            return {}
+        return {name: {"mean": float(arr[:, i].mean()), "std": float(arr[:, i].std()),
+                       "min": float(arr[:, i].min()), "max": float(arr[:, i].max())}
+                for i, name in enumerate(("dy", "dx"))}
+    put_json("offsets.json", {
+        "definition": "dy, dx = probe centre - canvas centre (H/2, W/2), canvas pixels (rows, cols)",
+        "count": int(len(offsets)), "first": offsets[:DEBUG_PATCHES].tolist(), **describe(offsets),
+        "std_ddof": 0,
+        "group_offsets": {"definition": "dy, dx = member position - group centroid (object_big)",
+                          "count": int(len(group_off)), "first": group_off[:DEBUG_PATCHES].tolist(),
+                          **describe(group_off),
+                          "max_abs": float(np.abs(group_off).max()) if len(group_off) else 0.0},
+    })
+    put_json("canvas.json", {
+        "patch_size": rec.N, "canvas_size": [H, W], "origin": rec.frame.origin.tolist(),
+        "frame": rec.frame.source, "n_patterns": rec.n_patterns, "n_groups": rec.n_groups,
+        "gridsize": rec.gridsize, "n_patches": rec.n_patches,
+        "max_abs_dy": float(np.abs(offsets[:, 0]).max()) if len(offsets) else 0.0,
+        "max_abs_dx": float(np.abs(offsets[:, 1]).max()) if len(offsets) else 0.0,
+        "covered_fraction": rec.canvas_stats.get("covered_fraction"),
+        "window": rec.window, "coverage_floor": rec.coverage_floor,
+    })
+    if rec.first_patches is not None and len(rec.first_patches):
+        patches = rec.first_patches
+        C = rec.gridsize ** 2
+        names = [f"group {k // C}, member {k % C}" if C > 1 else f"pattern {k}" for k in range(len(patches))]
+        for view, values, cmap, label in (("amplitude", np.abs(patches), "gray", "amplitude"),
+                                          ("phase", np.angle(patches), "viridis", "phase (rad)")):
+            for per_patch, suffix in ((False, "raw"), (True, "normalised")):
+                name = f"patches_{view}_{suffix}.png"
+                png = _patch_grid_png(values.astype(np.float64),
+                                      f"first {len(patches)} predicted patches: {view}, "
+                                      + ("per-patch normalised" if per_patch else "raw (one scale)"),
+                                      per_patch, cmap, label, names)
+                with atomic_output(directory / name) as tmp:
+                    tmp.write_bytes(png)
+                written.append(name)
+    return written
+
+
+# ----------------------------------------------------------------------------- the command
+@dataclass
+class InferConfig:
+    """Every option of ``ptycho-fast infer`` (see ``--help`` and docs/inference.md)."""
+    model: str | None = None
+    data: str | None = None
+    out: str = DEFAULT_OUT
+    device: str = "auto"
+    batch_size: int = DEFAULT_BATCH_SIZE
+    n_patterns: int | None = None
+    window: str = "probe"
+    formats: tuple = DEFAULT_FORMATS
+    ops: str = "ptycho_fast"
+    seed: int = 0
+    debug_dump: str | None = None
+    log_patch_stats: bool = False
+    patch_stats_limit: int = 4
+    collapse_floor: float = DEFAULT_COLLAPSE_FLOOR
+    allow_degenerate: bool = False
+    quiet: bool = False
+
+
+@dataclass
+class InferResult:
+    reconstruction: Reconstruction
+    out: Path
+    files: list[str]
+    summary: dict
+    line: str
+
+
+def sample_paths() -> tuple[Path, Path]:
+    """(model bundle, data file) of the bundled sample; UserError if it is not installed."""
+    missing = [p for p in (SAMPLE_MODEL / "bundle.json", SAMPLE_DATA) if not p.is_file()]
+    if missing:
+        raise UserError(f"the bundled sample is missing from this installation ({missing[0]}); "
+                        "regenerate it with 'python scripts/make_sample.py', or pass --model RUN "
+                        "and --data FILE")
+    return SAMPLE_MODEL, SAMPLE_DATA
+
+
+def _parse_formats(values) -> tuple[str, ...]:
+    if not values:
+        return DEFAULT_FORMATS
+    out = []
+    for v in values:
+        for item in str(v).split(","):
+            item = item.strip()
+            if not item:
+                continue
+            if item not in FORMATS:
+                raise UserError(f"--format: must be a comma-separated list of {', '.join(FORMATS)}, "
+                                f"got {item!r}")
+            if item not in out:
+                out.append(item)
+    if "npz" not in out:
+        out.insert(0, "npz")  # object.npz is always written
+    return tuple(out)
+
+
+def _validate(config: InferConfig) -> None:
+    def bad(option, message):
+        raise UserError(f"--{option.replace('_', '-')}: {message}")
+    if (config.model is None) != (config.data is None):
+        given, other = ("model", "data") if config.data is None else ("data", "model")
+        bad(other, f"required with --{given} (give both, or neither to reconstruct the bundled sample)")
+    if int(config.batch_size) < 1:
+        bad("batch_size", f"must be >= 1 (groups per network call), got {config.batch_size}")
+    if config.n_patterns is not None and int(config.n_patterns) < 1:
+        bad("n_patterns", f"must be >= 1, got {config.n_patterns}")
+    if config.window not in WINDOWS:
+        bad("window", f"must be one of {', '.join(WINDOWS)}, got {config.window!r}")
+    if config.ops not in OPS:
+        bad("ops", f"must be one of {', '.join(OPS)}, got {config.ops!r}")
+    if config.device not in ("auto", "cpu", "cuda") and not str(config.device).startswith("cuda:"):
+        bad("device", f"must be auto, cpu, cuda or cuda:K, got {config.device!r}")
+    if int(config.patch_stats_limit) < 1:
+        bad("patch_stats_limit", f"must be >= 1, got {config.patch_stats_limit}")
+    if not (math.isfinite(config.collapse_floor) and config.collapse_floor >= 0):
+        bad("collapse_floor", f"must be a number >= 0, got {config.collapse_floor}")
+    for option in ("out", "debug_dump"):
+        value = getattr(config, option)
+        if value is None:
+            continue
+        path = Path(value)
+        if path.exists() and not path.is_dir():
+            bad(option, f"{path} exists and is not a directory")
+        parent = path.parent if str(path.parent) else Path(".")
+        if not path.exists() and not parent.is_dir():
+            bad(option, f"cannot create {path}: directory {parent} does not exist")
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {name}: no CUDA device is available (use --device cpu)")
+        dev = torch.device(name)
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UserError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
+        return dev
+    return torch.device("cpu")
+
+
+def _versions() -> dict:
+    from .bundle import package_version
+    import h5py
+    return {"ptycho_fast": package_version(), "torch": torch.__version__, "numpy": np.__version__,
+            "h5py": h5py.__version__, "python": platform.python_version(),
+            "extension": bool(fast_ops.HAVE_EXTENSION)}
+
+
+def run_infer(config: InferConfig, predictor=None) -> InferResult:
+    """The ``infer`` command: load, reconstruct, write (module doc). Raises UserError for bad
+    input, CollapseError when the guard trips. ``predictor`` replaces the bundle's network
+    (tests)."""
+    from .bundle import load_bundle
+    from .data import load_dataset
+    t_start = time.perf_counter()
+    config = dataclasses.replace(config, formats=_parse_formats(config.formats))
+    _validate(config)
+    say = (lambda *a: None) if config.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
+
+    def warn(message):
+        say(f"ptycho-fast infer: warning: {message}")
+
+    is_sample = config.model is None
+    model_path, data_path = sample_paths() if is_sample else (Path(config.model), Path(config.data))
+    device = _resolve_device(config.device)
+
+    t0 = time.perf_counter()
+    bundle = load_bundle(model_path, device=device)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DataWarning)
+        dataset = load_dataset(data_path, lazy=True)
+    for w in caught:
+        if issubclass(w.category, DataWarning):
+            warn(str(w.message))
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    load_time = time.perf_counter() - t0
+    with dataset:
+        if dataset.N != bundle.N:
+            raise UserError(f"--data {data_path}: patterns are {dataset.N} x {dataset.N} but the model "
+                            f"(--model {bundle.path}) was trained on N = {bundle.N}; use a model "
+                            "trained on data of this size")
+        pixel_size = dataset.metadata.pixel_size_m
+        if "ptychodus" in config.formats and not pixel_size:
+            raise UserError(f"--format ptychodus: {data_path} does not record the object pixel size "
+                            "(metadata 'pixel_size_m'), which a ptychodus product needs to express "
+                            "positions in metres")
+        probe = np.asarray(dataset.probe)
+        metadata = dataset.metadata
+
+        if predictor is None:
+            predictor = BundlePredictor(bundle, config.ops)
+        try:
+            rec = _reconstruct_guarded(dataset, predictor, bundle, config, device, warn)
+        except CollapseError as exc:
+            if exc.partial is not None:
+                _collapse_outputs(config, exc.partial, say)
+            raise
+
+    # ---------------------------------------------------------------- outputs
+    out = Path(config.out)
+    created = not out.exists()
+    out.mkdir(exist_ok=True)
+    outputs = _OutputSet(out, created)
+    t_write = time.perf_counter()
+    dataset_name = "ptycho_fast sample" if is_sample else Path(data_path).name
+    model_name = "sample model" if is_sample else _model_name(bundle.path)
+    files = []
+    try:
+        with outputs.file(OBJECT_NPZ) as tmp:
+            _write_object_npz(tmp, rec)
+        attrs = {"model": str(bundle.path), "data": str(data_path),
+                 "intensity_scale": bundle.intensity_scale, "probe_gain": bundle.probe_gain,
+                 "window": config.window, "ops": config.ops, "canvas_frame": rec.frame.source}
+        if "h5" in config.formats:
+            with outputs.file(OBJECT_H5) as tmp:
+                _write_object_h5(tmp, rec, attrs)
+        if "ptychodus" in config.formats:
+            from .data import write_ptychodus_product
+            with outputs.file(PTYCHODUS_PRODUCT) as tmp:
+                # the product replaces its target atomically itself: give it the temp name
+                write_ptychodus_product(tmp, rec.positions, probe, rec.object, pixel_size, metadata,
+                                        name=f"ptycho_fast infer: {dataset_name}",
+                                        comments=f"model {bundle.path}; data {data_path}")
+        title = f"{dataset_name} — {{what}}\nmodel: {model_name}"
+        with outputs.file(AMPLITUDE_PNG) as tmp:
+            tmp.write_bytes(_object_png(np.abs(rec.object), rec.covered, title.format(what="amplitude"),
+                                        "amplitude (transmission)", "gray", pixel_size))
+        with outputs.file(PHASE_PNG) as tmp:
+            tmp.write_bytes(_object_png(np.angle(rec.object), rec.covered, title.format(what="phase"),
+                                        "phase (rad)", "viridis", pixel_size))
+        if config.log_patch_stats:
+            outputs.write_json(PATCH_STATS_JSON, {"ddof": STATS_DDOF, "batches": rec.batch_records})
+        write_seconds = time.perf_counter() - t_write
+        summary = _summary(config, rec, bundle, model_path, data_path, is_sample, load_time,
+                           write_seconds, time.perf_counter() - t_start,
+                           list(outputs.pending) + [SUMMARY_JSON])
+        outputs.write_json(SUMMARY_JSON, summary)
+        files = outputs.commit()
+    except OSError as exc:
+        outputs.abort()
+        raise UserError(f"--out {out}: cannot write the results ({exc.strerror or exc}); nothing "
+                        "was written") from None
+    except BaseException:
+        outputs.abort()
+        raise
+
+    if config.debug_dump is not None:
+        write_debug_dump(config.debug_dump, rec)
+    total = time.perf_counter() - t_start
+    line = (f"reconstructed {rec.n_patterns} patterns ({rec.n_patches} patches, gridsize {rec.gridsize}) "
+            f"into a {rec.frame.shape[0]} x {rec.frame.shape[1]} object in {total:.1f} s "
+            f"({rec.n_patterns / total:.0f} patterns/s); images: {out / AMPLITUDE_PNG}, "
+            f"{out / PHASE_PNG}")
+    return InferResult(reconstruction=rec, out=out, files=files, summary=summary, line=line)
+
+
+def _model_name(path: Path | None) -> str:
+    if path is None:
+        return "?"
+    path = Path(path)
+    return f"{path.parent.name}/{path.name}" if path.name == "model" else path.name
+
+
+def _reconstruct_guarded(dataset, predictor, bundle, config: InferConfig, device, warn) -> Reconstruction:
+    return reconstruct(dataset, predictor, N=bundle.N, gridsize=bundle.gridsize,
+                       batch_size=config.batch_size, window=config.window, ops=config.ops,
+                       n_patterns=config.n_patterns, seed=config.seed, device=device,
+                       progress=not config.quiet, collapse_floor=config.collapse_floor,
+                       allow_degenerate=config.allow_degenerate,
+                       stats_limit=config.patch_stats_limit if config.log_patch_stats else 0,
+                       model_intensity_scale=bundle.intensity_scale, on_warning=warn)
+
+
+def _collapse_outputs(config: InferConfig, rec: Reconstruction, say) -> None:
+    """On collapse: the debug dump (if asked) and the per-batch log (with --log-patch-stats)."""
+    if config.debug_dump is not None:
+        with contextlib.suppress(OSError):
+            write_debug_dump(config.debug_dump, rec)
+    if config.log_patch_stats:
+        out = Path(config.out)
+        with contextlib.suppress(OSError):
+            out.mkdir(exist_ok=True)
+            with atomic_output(out / PATCH_STATS_JSON) as tmp:
+                tmp.write_text(json.dumps(_jsonable({"ddof": STATS_DDOF, "batches": rec.batch_records,
+                                                     "collapsed": True}), indent=2) + "\n")
+
+
+def _summary(config, rec: Reconstruction, bundle, model_path, data_path, is_sample, load_time,
+             write_time, total, files) -> dict:
+    t = rec.timings
+    io_time = load_time + t["read"] + write_time
+    n = rec.n_patterns
+    return {
+        "format": SUMMARY_FORMAT, "format_version": FORMAT_VERSION,
+        "model": str(bundle.path), "data": str(data_path), "sample": is_sample,
+        "intensity_scale": bundle.intensity_scale, "probe_gain": bundle.probe_gain,
+        "scalars_from": "the model bundle (bundle.json); never recomputed from this data",
+        "data_intensity_scale": rec.data_intensity_scale,
+        "n_patterns": n, "n_groups": rec.n_groups, "gridsize": rec.gridsize, "n_patches": rec.n_patches,
+        "N": rec.N,
+        "canvas": {"shape": list(rec.frame.shape), "origin": rec.frame.origin.tolist(),
+                   "frame": rec.frame.source, "coverage_floor": rec.coverage_floor,
+                   "coverage_floor_is": "relative to the largest accumulated weight",
+                   **rec.canvas_stats},
+        "window": config.window, "ops": rec.ops, "device": str(bundle.device),
+        "batch_size_groups": rec.batch_size, "grouping_seed": rec.seed,
+        "object_big": bool(bundle.object_big and bundle.C > 1),
+        "timings_s": {"network": t["network"], "stitching": t["stitching"], "io": io_time,
+                      "io_detail": {"load": load_time, "read": t["read"], "write": write_time},
+                      "patch_stats": t["stats"], "total": total},
+        "patterns_per_s": n / total if total > 0 else None,
+        "patterns_per_s_by_stage": {k: (n / v if v > 0 else None) for k, v in
+                                    (("network", t["network"]), ("stitching", t["stitching"]),
+                                     ("io", io_time))},
+        "patch_stats": _patch_stats_doc(rec.stats),
+        "collapse_guard": {"floor": config.collapse_floor, "checked": ["first batch", "end"],
+                           "statistic": "complex_var_zero_mean = var_zero_mean(real) + var_zero_mean(imag)",
+                           "result": "ok" if rec.degenerate is None else rec.degenerate,
+                           "allow_degenerate": config.allow_degenerate},
+        "files": files,
+        "versions": _versions(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+# ----------------------------------------------------------------------------- CLI
+CLI_HELP = "reconstruct the full-field object from a dataset with a trained model"
+CLI_DESCRIPTION = f"""\
+Reconstruct the object from DATA with the model bundle RUN (a training run directory or
+its model/ bundle): every pattern's predicted patch is stitched at its own scan position
+into the object frame of the data (objectGuess's when the file has one), weighted by the
+window and normalised by the accumulated weight. HDF5 data is streamed in batches.
+
+Without --model and --data it reconstructs the bundled sample into ./{DEFAULT_OUT}/.
+
+Writes into DIR: {OBJECT_NPZ} (object, coverage, covered, positions, origin), {OBJECT_H5},
+{PTYCHODUS_PRODUCT} (--format ptychodus), {AMPLITUDE_PNG}, {PHASE_PNG}, {SUMMARY_JSON}.
+Exit codes: 0 done, 2 bad input, 3 degenerate predictions (the collapse guard).
+See docs/inference.md."""
+
+
+def add_cli_arguments(p: argparse.ArgumentParser) -> None:
+    d = InferConfig()
+    io_ = p.add_argument_group("input and output")
+    io_.add_argument("--model", "-m", metavar="RUN", default=None,
+                     help="model bundle, or a training run directory holding one in model/ "
+                          "(default: the bundled sample's)")
+    io_.add_argument("--data", "-d", metavar="FILE", default=None,
+                     help="data file: PtychoPINN NPZ, our HDF5 (streamed) or a ptychodus product "
+                          "(default: the bundled sample)")
+    io_.add_argument("--out", "-o", metavar="DIR", default=DEFAULT_OUT,
+                     help="output directory, created if missing (default: %(default)s)")
+    io_.add_argument("--format", action="append", metavar="FMT[,FMT]", default=None,
+                     help=f"object files to write, from {', '.join(FORMATS)} (repeat or comma-separate); "
+                          f"{OBJECT_NPZ} is always written (default: {','.join(DEFAULT_FORMATS)})")
+    r = p.add_argument_group("reconstruction")
+    r.add_argument("--device", default=d.device, metavar="DEV",
+                   help="auto (cuda when available), cpu, cuda or cuda:K (default: %(default)s)")
+    r.add_argument("--batch-size", "-b", type=int, default=d.batch_size, metavar="B",
+                   help="groups per network call (B x gridsize^2 patterns) (default: %(default)s)")
+    r.add_argument("--n-patterns", "-n", type=int, default=None, metavar="K",
+                   help="use only the first K patterns of the file (default: all)")
+    r.add_argument("--window", choices=WINDOWS, default=d.window,
+                   help="stitching weights: probe (|probe|^2 of the data's probe), mask (the central "
+                        "N/2 x N/2 block), ones (default: %(default)s)")
+    r.add_argument("--ops", choices=OPS, default=d.ops,
+                   help="ptycho_fast: the compiled kernels; reference: the same computation with the "
+                        "plain-PyTorch ops of ptycho_fast.reference (parity checks) (default: %(default)s)")
+    r.add_argument("--seed", type=int, default=d.seed,
+                   help="seed of the neighbour grouping for gridsize > 1 models (default: %(default)s)")
+    m = p.add_argument_group("monitoring")
+    m.add_argument("--debug-dump", metavar="DIR2", default=None,
+                   help="also write stats.json, offsets.json, canvas.json and PNG grids of the first "
+                        f"{DEBUG_PATCHES} predicted patches into DIR2")
+    m.add_argument("--log-patch-stats", action="store_true",
+                   help=f"log the statistics of the first K batches to DIR/{PATCH_STATS_JSON}")
+    m.add_argument("--patch-stats-limit", type=int, default=d.patch_stats_limit, metavar="K",
+                   help="batches to log with --log-patch-stats (default: %(default)s)")
+    m.add_argument("--collapse-floor", type=float, default=d.collapse_floor, metavar="F",
+                   help="the guard trips when var_zero_mean of the predicted complex patches is below "
+                        "this (default: %(default)g)")
+    m.add_argument("--allow-degenerate", action="store_true",
+                   help="warn instead of stopping when the predicted patches are degenerate")
+    m.add_argument("--quiet", "-q", action="store_true", help="no progress bar, warnings or summary line")
+
+
+def config_from_args(args: argparse.Namespace) -> InferConfig:
+    return InferConfig(model=args.model, data=args.data, out=args.out, device=args.device,
+                       batch_size=args.batch_size, n_patterns=args.n_patterns, window=args.window,
+                       formats=tuple(args.format or ()), ops=args.ops, seed=args.seed,
+                       debug_dump=args.debug_dump, log_patch_stats=args.log_patch_stats,
+                       patch_stats_limit=args.patch_stats_limit, collapse_floor=args.collapse_floor,
+                       allow_degenerate=args.allow_degenerate, quiet=args.quiet)
+
+
+def cli_main(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    try:
+        result = run_infer(config)
+    except CollapseError as exc:
+        print(f"ptycho-fast: error: {exc}", file=sys.stderr)
+        return EXIT_COLLAPSE
+    if not config.quiet:
+        print(result.line)
+    return 0
