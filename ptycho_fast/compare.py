@@ -31,6 +31,7 @@ import numpy as np
 
 from . import metrics
 from .data.dataset import UserError, atomic_output
+from .evaluate import read_json_object
 
 __all__ = ["DEFAULT_SSIM_THRESHOLD", "DEFAULT_VAR_RATIO_TOLERANCE", "RunOutput", "load_run",
            "compare_runs", "Comparison", "EXIT_REGRESSION"]
@@ -71,16 +72,6 @@ class RunOutput:
     var_from: str | None = None             # "summary.json:patch_stats.var_zero_mean"
     stats: dict = field(default_factory=dict)   # mean/std/min/max next to var_zero_mean
     summary: dict = field(default_factory=dict)
-
-
-def _read_json(path: Path, what: str) -> dict:
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{what} {path}: not readable JSON ({exc})") from None
-    if not isinstance(value, dict):
-        raise UserError(f"{what} {path}: expected a JSON object")
-    return value
 
 
 def _find_var(doc: dict):
@@ -129,7 +120,7 @@ def load_run(path, what: str) -> RunOutput:
         if not (path / name).is_file():
             continue
         found.append(name)
-        doc = _read_json(path / name, what)
+        doc = read_json_object(path / name, what)
         if name == SUMMARY_FILE:
             run.summary = doc
         hit = _find_var(doc)

@@ -123,7 +123,8 @@ def _as_object(arr: np.ndarray, where: str, other_is_complex_hint: str) -> np.nd
     return arr
 
 
-def _read_json(path: Path, what: str) -> dict:
+def read_json_object(path: Path, what: str) -> dict:
+    """A JSON file holding an object; anything else is a one-line UserError."""
     try:
         value = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -154,7 +155,7 @@ def load_reconstruction(path, what: str = "RECON") -> Reconstruction:
             raise UserError(f"{what} {path}: no {RECON_OBJECT_FILE} in it (expected a "
                             "'ptycho-fast infer' output directory or an NPZ file with key 'object')")
         if (path / RECON_SUMMARY_FILE).is_file():
-            summary = _read_json(path / RECON_SUMMARY_FILE, what)
+            summary = read_json_object(path / RECON_SUMMARY_FILE, what)
         file = obj_path
     else:
         file = path
