@@ -179,8 +179,8 @@ def test_canvas_from_the_scan_extent_without_an_object():
 
 
 def test_hdf5_is_streamed_in_batches_not_loaded_whole(tmp_path, monkeypatch):
-    H = W = 400
-    positions = scan(H, W, step=14, jitter=0.5, seed=5)           # 26 x 26 = 676 patterns
+    H = W = 300
+    positions = scan(H, W, step=14, jitter=0.5, seed=5)           # 19 x 19 = 361 patterns
     rng = np.random.default_rng(0)
     ds = PtychoDataset(diffraction=rng.random((len(positions), N, N), dtype=np.float32),
                        positions=positions, probe=simulate.make_probe("gaussian", N, 12),
@@ -294,7 +294,7 @@ def sample():
 
 def test_sample_model_streaming_and_ops_parity(sample):
     bundle, ds = sample
-    kw = dict(N=bundle.N, gridsize=bundle.gridsize, n_patterns=40)
+    kw = dict(N=bundle.N, gridsize=bundle.gridsize, n_patterns=20)
     one = infer.reconstruct(ds, infer.BundlePredictor(bundle), batch_size=1000, **kw)
     seven = infer.reconstruct(ds, infer.BundlePredictor(bundle), batch_size=7, **kw)
     ref = infer.reconstruct(ds, infer.BundlePredictor(bundle, "reference"), batch_size=7, ops="reference", **kw)
