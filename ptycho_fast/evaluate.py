@@ -6,8 +6,11 @@ Steps, each recorded in ``metrics.json``:
    optional ``coverage`` and ``positions``; or any NPZ/.npy holding a complex ``object``)
    and the truth (a data file's ``objectGuess`` via ``load_dataset``, or an NPZ/.npy with
    a complex object); both must be complex and of one shape (the same object pixel frame);
-2. crop to the scanned region (``metrics.scan_region``: the bounding box of every N x N
-   patch at the scan positions), or to the covered region, or not at all;
+2. crop to the illuminated region (``metrics.illuminated_region``: the largest rectangle
+   where the summed probe intensity at the scan positions reaches ``--illumination-floor``
+   of its peak; the default when the truth is a data file, which holds probe and
+   positions), or to the scanned region (``metrics.scan_region``: the bounding box of every
+   N x N patch), or to the covered region, or not at all;
 3. optional sub-pixel registration (``metrics.register``; the shift is applied to the
    whole reconstruction, then the crop loses ceil(|shift|) pixels on each side);
 4. phase alignment: the global phase offset, optionally a linear ramp (``metrics.align_phase``);
@@ -41,7 +44,7 @@ __all__ = [
 
 FORMAT = "ptycho_fast.evaluation"
 FORMAT_VERSION = 1
-CROP_MODES = ("auto", "scan", "covered", "none")
+CROP_MODES = ("auto", "illuminated", "scan", "covered", "none")
 #: per-image metrics; the keys of metrics.json are f"{image}_{name}", image = amplitude | phase
 METRIC_NAMES = ("mae", "rmse", "psnr", "ssim", "frc_half_bit_px", "frc_half_bit_nyquist",
                 "frc_one_seventh_px", "frc_one_seventh_nyquist", "frc_mean")
@@ -75,6 +78,7 @@ class Truth:
     positions: np.ndarray | None = None
     N: int | None = None
     source: str = "<memory>"
+    probe: np.ndarray | None = None         # (N, N) or (M, N, N): for --crop illuminated
 
 
 def _magic(path: Path) -> bytes:
@@ -240,7 +244,7 @@ def load_truth(path, what: str = "--truth") -> Truth:
         if ds.object is None:
             raise UserError(f"{what} {path}: the data file holds no ground-truth object (objectGuess)")
         obj = _as_object(ds.object, f"{what} {path}: objectGuess", hint)
-        return Truth(obj, ds.positions.copy(), ds.N, str(path))
+        return Truth(obj, ds.positions.copy(), ds.N, str(path), np.asarray(ds.probe).copy())
     finally:
         ds.close()
 
@@ -290,7 +294,8 @@ def _image_metrics(prefix: str, truth: np.ndarray, recon: np.ndarray, taper: flo
     return out, curve
 
 
-def _resolve_region(recon: Reconstruction, truth: Truth, crop: str, N, positions, margin: int):
+def _resolve_region(recon: Reconstruction, truth: Truth, crop: str, N, positions, margin: int,
+                    illumination_floor: float):
     """(rows, cols, info) of the region to evaluate, in the reconstruction's canvas frame.
     ``truth`` is already cut to that frame (its positions shifted by the origin)."""
     shape = recon.object.shape
@@ -300,10 +305,27 @@ def _resolve_region(recon: Reconstruction, truth: Truth, crop: str, N, positions
                   else "truth data file" if truth.positions is not None else None)
     n = N if N is not None else (truth.N if truth.N is not None else recon.N)
     if crop == "auto":
-        crop = "scan" if (pos is not None and n is not None) else ("covered" if recon.covered_mask() is not None
-                                                                   else "none")
+        crop = ("illuminated" if (pos is not None and truth.probe is not None)
+                else "scan" if (pos is not None and n is not None)
+                else "covered" if recon.covered_mask() is not None else "none")
     info = {"crop": crop, "crop_margin_px": int(margin)}
-    if crop == "scan":
+    if crop == "illuminated":
+        if pos is None or truth.probe is None:
+            raise UserError("--crop illuminated: needs the scan positions and the probe, which a data file "
+                            "given as --truth holds (this truth is a bare object); use --crop scan (with "
+                            "positions and --n), covered or none")
+        try:
+            rows, cols, illum = metrics.illuminated_region(pos, truth.probe, shape, illumination_floor)
+        except ValueError as exc:
+            raise UserError(f"--crop illuminated: {exc}") from None
+        scan_rows, scan_cols = metrics.scan_region(pos, int(truth.probe.shape[-1]), shape)
+        info.update({"N": int(truth.probe.shape[-1]), "n_positions": int(len(pos)), "positions_from": pos_source,
+                     "illumination_floor": float(illumination_floor),
+                     "scan_region_rows": [scan_rows.start, scan_rows.stop],
+                     "scan_region_cols": [scan_cols.start, scan_cols.stop],
+                     "illumination_min_in_region": float(illum[rows, cols].min()),
+                     "illumination_median_in_region": float(np.median(illum[rows, cols]))})
+    elif crop == "scan":
         if pos is None:
             raise UserError("--crop scan: no scan positions: the reconstruction has no 'positions' and the "
                             "truth is not a data file; use --crop covered or --crop none")
@@ -347,7 +369,7 @@ def _truth_in_canvas(recon: Reconstruction, truth: Truth) -> Truth:
     if o[0] < 0 or o[1] < 0 or o[0] + H > Ht or o[1] + W > Wt:
         raise UserError(f"cannot align {where}: the canvas reaches outside the truth object")
     pos = None if truth.positions is None else truth.positions - np.asarray(o, dtype=np.float64)
-    return Truth(truth.object[o[0]:o[0] + H, o[1]:o[1] + W], pos, truth.N, truth.source)
+    return Truth(truth.object[o[0]:o[0] + H, o[1]:o[1] + W], pos, truth.N, truth.source, truth.probe)
 
 
 #: registration settings used by evaluate: on crops of a few tens of pixels of sparse
@@ -392,7 +414,8 @@ def _shrink(rows: slice, cols: slice, m: int) -> tuple[slice, slice]:
 def evaluate(recon: Reconstruction, truth: Truth, *, register: bool = False, phase_ramp: bool = False,
              match_scale: bool = False, crop: str = "auto", crop_margin: int = 0, N: int | None = None,
              positions=None, frc_taper: float = 0.1, upsample: int = 100,
-             max_shift: float | None = None) -> EvaluationResult:
+             max_shift: float | None = None,
+             illumination_floor: float = metrics.ILLUMINATION_FLOOR) -> EvaluationResult:
     """Align ``recon`` to ``truth`` and compute every metric (see the module doc).
     ``max_shift``: the largest registration shift accepted, pixels per axis (default a
     quarter of the region's smaller side); a larger one is an error, not a result."""
@@ -406,8 +429,10 @@ def evaluate(recon: Reconstruction, truth: Truth, *, register: bool = False, pha
         raise UserError(f"--max-shift: must be >= 0 pixels, got {max_shift}")
     if not 0 <= frc_taper < 0.5:
         raise UserError(f"--frc-taper: must be in [0, 0.5), got {frc_taper}")
+    if not 0 < illumination_floor < 1:
+        raise UserError(f"--illumination-floor: must be in (0, 1), got {illumination_floor}")
     truth = _truth_in_canvas(recon, truth)
-    rows, cols, region = _resolve_region(recon, truth, crop, N, positions, crop_margin)
+    rows, cols, region = _resolve_region(recon, truth, crop, N, positions, crop_margin, illumination_floor)
     rows, cols = _shrink(rows, cols, crop_margin)
     t_full, r_full = truth.object, recon.object
 
@@ -606,7 +631,8 @@ CLI_DESCRIPTION = """\
 Evaluate a reconstruction against the ground truth. RECON is a 'ptycho-fast infer' output
 directory (object.npz) or an NPZ with key 'object'; --truth is a data file with objectGuess
 (NPZ, HDF5, ptychodus) or an NPZ/.npy holding the complex object, in the same pixel frame.
-The images are cropped to the scanned region, the global phase offset (and with
+The images are cropped to the illuminated region (where the probe at the scan positions
+delivered at least --illumination-floor of the peak dose), the global phase offset (and with
 --phase-ramp a linear ramp) is removed, optionally registered (--register) and
 amplitude-scaled (--match-scale). Writes metrics.json, metrics.csv, frc.png and
 compare.png into --out (docs/evaluation.md)."""
@@ -628,9 +654,15 @@ def add_cli_arguments(p: argparse.ArgumentParser) -> None:
                    help="scale the reconstructed amplitude by the least-squares factor (always reported "
                         "as amplitude_scale_fit; off by default: with a calibrated probe amplitudes are absolute)")
     p.add_argument("--crop", choices=CROP_MODES, default="auto",
-                   help="region evaluated: scan = bounding box of every N x N patch at the scan positions; "
-                        "covered = bounding box of the reconstruction's coverage > 0; none = whole image; "
-                        "auto = scan when positions and N are known, else covered, else none (default: auto)")
+                   help="region evaluated: illuminated = largest rectangle where the summed probe intensity "
+                        "at the scan positions reaches --illumination-floor of its peak (needs a data file as "
+                        "--truth: probe and positions); scan = bounding box of every N x N patch at the scan "
+                        "positions (includes the edges only the probe's faint tails reached); covered = bounding "
+                        "box of the reconstruction's coverage > 0; none = whole image; auto = the first of "
+                        "illuminated, scan, covered, none that the inputs allow (default: auto)")
+    p.add_argument("--illumination-floor", type=float, default=metrics.ILLUMINATION_FLOOR, metavar="F",
+                   help="--crop illuminated: fraction of the peak summed probe intensity a pixel needs "
+                        "(default: %(default)s)")
     p.add_argument("--crop-margin", type=int, default=0, metavar="PX",
                    help="pixels removed from each side of the region (default: 0)")
     p.add_argument("--n", "--N", dest="N", type=int, default=None, metavar="N",
@@ -651,7 +683,8 @@ def cli_main(args: argparse.Namespace) -> int:
     truth = load_truth(args.truth)
     result = evaluate(recon, truth, register=args.register, phase_ramp=args.phase_ramp,
                       match_scale=args.match_scale, crop=args.crop, crop_margin=args.crop_margin,
-                      N=args.N, frc_taper=args.frc_taper, max_shift=args.max_shift)
+                      N=args.N, frc_taper=args.frc_taper, max_shift=args.max_shift,
+                      illumination_floor=args.illumination_floor)
     paths = write_outputs(result, out)
     if not args.quiet:
         reg = result.info["region"]

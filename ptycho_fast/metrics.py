@@ -19,7 +19,8 @@ __all__ = [
     "ssim", "ssim_map", "mae", "rmse", "psnr", "FRCResult", "frc", "frc_resolution",
     "half_bit_threshold", "ONE_SEVENTH", "PhaseAlignment", "align_phase", "wrap_phase",
     "phase_relative_to", "register", "shift_image", "match_amplitude_scale", "scan_region",
-    "scan_mask", "bounding_box",
+    "scan_mask", "bounding_box", "illumination_map", "illuminated_region", "largest_rectangle",
+    "ILLUMINATION_FLOOR",
 ]
 
 # Wang, Bovik, Sheikh & Simoncelli (2004), "Image quality assessment: from error
@@ -551,3 +552,91 @@ def bounding_box(mask) -> tuple[slice, slice] | None:
     if rows.size == 0:
         return None
     return slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)
+
+
+# ----------------------------------------------------------------------------- illuminated region
+#: a pixel counts as illuminated where the summed probe intensity reaches this fraction of
+#: its peak (the 99th percentile of the lit pixels: robust to one over-dense scan spot)
+ILLUMINATION_FLOOR = 0.1
+
+
+def illumination_map(positions, probe, shape) -> np.ndarray:
+    """(H, W) float64: the probe intensity ``sum_modes |probe|^2`` (peak normalised to 1)
+    added at every scan position, i.e. how much light each object pixel received.
+
+    ``positions`` (P, 2) probe centres (row, col); ``probe`` (N, N) or modes (M, N, N).
+    Each placement is bilinear at the sub-pixel top-left ``centre - N/2`` (the same
+    convention and weights as ``stitch_patches``); light falling outside ``shape`` is
+    dropped."""
+    pr = np.asarray(probe)
+    if pr.ndim not in (2, 3) or pr.shape[-1] != pr.shape[-2] or pr.shape[-1] < 2:
+        raise ValueError(f"probe must be (N, N) or (M, N, N), got shape {pr.shape}")
+    intensity = np.abs(pr.astype(np.complex128)) ** 2
+    if intensity.ndim == 3:
+        intensity = intensity.sum(axis=0)
+    peak = float(intensity.max())
+    if not peak > 0 or not np.isfinite(peak):
+        raise ValueError("probe must have a finite, non-zero intensity")
+    intensity = intensity / peak
+    N = intensity.shape[0]
+    tl = _scan_extent(positions, N)
+    H, W = (int(s) for s in shape[-2:])
+    pad = N + 1
+    canvas = np.zeros((H + 2 * pad, W + 2 * pad))
+    r0 = np.floor(tl[:, 0]).astype(np.int64)
+    c0 = np.floor(tl[:, 1]).astype(np.int64)
+    fr, fc = tl[:, 0] - r0, tl[:, 1] - c0
+    for r, c, a, b in zip(r0, c0, fr, fc):
+        if r + N < 0 or c + N < 0 or r >= H or c >= W:
+            continue  # entirely outside (the padding holds every partial overlap)
+        # the bilinear spread of one placement: four integer shifts of the probe
+        R, C = r + pad, c + pad
+        canvas[R:R + N, C:C + N] += (1 - a) * (1 - b) * intensity
+        canvas[R:R + N, C + 1:C + N + 1] += (1 - a) * b * intensity
+        canvas[R + 1:R + N + 1, C:C + N] += a * (1 - b) * intensity
+        canvas[R + 1:R + N + 1, C + 1:C + N + 1] += a * b * intensity
+    return canvas[pad:pad + H, pad:pad + W]
+
+
+def largest_rectangle(mask) -> tuple[slice, slice] | None:
+    """The axis-aligned rectangle of largest area whose pixels are all True in ``mask``
+    (row by row column heights + a monotonic stack: O(H W)); None if no pixel is True.
+    Ties go to the first found (top-most, then left-most)."""
+    m = np.asarray(mask, dtype=bool)
+    if m.ndim != 2:
+        raise ValueError(f"mask must be 2-D, got shape {m.shape}")
+    H, W = m.shape
+    heights = np.zeros(W + 1, dtype=np.int64)   # a sentinel 0 column flushes the stack
+    best, box = 0, None
+    for i in range(H):
+        heights[:W] = np.where(m[i], heights[:W] + 1, 0)
+        hs = heights.tolist()
+        stack: list[int] = []
+        for j, h in enumerate(hs):
+            while stack and hs[stack[-1]] >= h:
+                k = stack.pop()
+                left = stack[-1] + 1 if stack else 0
+                area = hs[k] * (j - left)
+                if area > best:
+                    best, box = area, (slice(i - hs[k] + 1, i + 1), slice(left, j))
+            stack.append(j)
+    return box
+
+
+def illuminated_region(positions, probe, shape, floor: float = ILLUMINATION_FLOOR):
+    """The region a reconstruction can be judged on: the largest rectangle of pixels whose
+    illumination (:func:`illumination_map`) reaches ``floor`` times its peak (the 99th
+    percentile of the lit pixels). Outside it only the probe's faint tails touched the
+    object, so any reconstruction there is unconstrained guesswork.
+
+    Returns ``(rows, cols, illumination)``; ValueError if no pixel qualifies."""
+    if not 0 < floor < 1:
+        raise ValueError(f"floor must be in (0, 1), got {floor}")
+    illum = illumination_map(positions, probe, shape)
+    lit = illum[illum > 0]
+    if lit.size == 0:
+        raise ValueError(f"no scan position illuminates the {shape[-2]} x {shape[-1]} image")
+    box = largest_rectangle(illum >= floor * float(np.percentile(lit, 99)))
+    if box is None:  # pragma: no cover - the percentile pixel itself always qualifies
+        raise ValueError("no pixel reaches the illumination floor")
+    return box[0], box[1], illum

@@ -68,10 +68,16 @@ def test_cli_writes_every_file_for_a_perfect_reconstruction(data, tmp_path, caps
     assert m["phase_offset_rad"] == pytest.approx(0.7, abs=1e-6)
     assert m["amplitude_psnr"] is None or m["amplitude_psnr"] > 120     # inf is written as null
     assert m["amplitude_frc_half_bit_nyquist"] == pytest.approx(1.0, abs=0.05)
-    # the scanned region: bounding box of every patch (metrics.scan_region), recorded
-    rows, cols = metrics.scan_region(ds.positions, N, ds.object.shape)
-    assert m["region"]["crop"] == "scan" and m["region"]["rows"] == [rows.start, rows.stop]
+    # default crop: the illuminated region (metrics.illuminated_region), inside the scanned
+    # region (bounding box of every patch), both recorded
+    rows, cols, _ = metrics.illuminated_region(ds.positions, ds.probe, ds.object.shape)
+    assert m["region"]["crop"] == "illuminated" and m["region"]["rows"] == [rows.start, rows.stop]
     assert m["region"]["cols"] == [cols.start, cols.stop] and m["region"]["N"] == N
+    scan_rows, scan_cols = metrics.scan_region(ds.positions, N, ds.object.shape)
+    assert m["region"]["scan_region_rows"] == [scan_rows.start, scan_rows.stop]
+    assert scan_rows.start < rows.start < rows.stop < scan_rows.stop
+    assert scan_cols.start < cols.start < cols.stop < scan_cols.stop
+    assert m["region"]["illumination_min_in_region"] >= 0.1 * m["region"]["illumination_median_in_region"] * 0.5
     assert len(m["frc_curves"]["amplitude"]) == len(m["frc_curves"]["frequency_cycles_per_px"])
     with open(out / "metrics.csv") as f:
         table = {row["metric"]: row["value"] for row in csv.DictReader(f)}
@@ -106,7 +112,7 @@ def test_register_and_phase_ramp_are_removed(data, tmp_path, capsys):
                         positions=ds.positions)
     out = tmp_path / "e"
     code, _, err = run(["evaluate", str(recon), "--truth", str(path), "--out", str(out),
-                        "--register", "--phase-ramp", "-q"], capsys)
+                        "--register", "--phase-ramp", "--crop", "scan", "-q"], capsys)
     assert code == 0, err
     m = load_metrics(out)
     assert m["register_shift_row_px"] == pytest.approx(-1.5, abs=0.05)
@@ -118,7 +124,8 @@ def test_register_and_phase_ramp_are_removed(data, tmp_path, capsys):
     rows, _ = metrics.scan_region(ds.positions, N, ds.object.shape)
     assert m["region"]["rows"] == [rows.start + 2, rows.stop - 2]
     # without the two corrections the same reconstruction scores much worse
-    code, _, _ = run(["evaluate", str(recon), "--truth", str(path), "--out", str(tmp_path / "e0"), "-q"], capsys)
+    code, _, _ = run(["evaluate", str(recon), "--truth", str(path), "--out", str(tmp_path / "e0"), "-q",
+                      "--crop", "scan"], capsys)
     assert load_metrics(tmp_path / "e0")["phase_ssim"] < m["phase_ssim"] - 0.2
 
 
@@ -128,7 +135,8 @@ def test_an_implausible_registration_is_an_error(data, tmp_path, capsys):
     far = np.roll(ds.object, 15, axis=1)                 # 15 px: more than a quarter of the region
     assert (cols.stop - cols.start) / 4 < 15
     recon = write_recon(tmp_path / "r", far, positions=ds.positions)
-    argv = ["evaluate", str(recon), "--truth", str(path), "--out", str(tmp_path / "e"), "--register", "-q"]
+    argv = ["evaluate", str(recon), "--truth", str(path), "--out", str(tmp_path / "e"), "--register", "-q",
+            "--crop", "scan"]
     code, _, err = run(argv, capsys)
     assert code == 2 and "--max-shift" in _one_error_line(err)
     code, _, err = run(argv + ["--max-shift", "16"], capsys)
@@ -155,7 +163,7 @@ def test_canvas_with_an_origin_and_other_crops(data, tmp_path, capsys):
     cov = np.zeros(canvas.shape)
     cov[4:-4, 5:-5] = 1.0
     recon = write_recon(tmp_path / "r", canvas, positions=ds.positions - o, coverage=cov, origin=o)
-    for crop in ("scan", "covered", "none"):
+    for crop in ("illuminated", "scan", "covered", "none"):
         out = tmp_path / crop
         code, _, err = run(["evaluate", str(recon), "--truth", str(path), "--out", str(out), "--crop", crop, "-q"],
                            capsys)
@@ -165,6 +173,14 @@ def test_canvas_with_an_origin_and_other_crops(data, tmp_path, capsys):
         assert m["region"]["canvas_origin"] == list(o)
     assert load_metrics(tmp_path / "covered")["region"]["rows"] == [4, canvas.shape[0] - 4]
     assert load_metrics(tmp_path / "none")["region"]["shape"] == list(canvas.shape)
+    # the scan crop in the canvas frame: the data frame's region moved by the origin
+    rows, cols = metrics.scan_region(ds.positions, N, ds.object.shape)
+    scan = load_metrics(tmp_path / "scan")["region"]
+    assert scan["rows"] == [rows.start - o[0], min(rows.stop - o[0], canvas.shape[0])]
+    assert scan["cols"] == [cols.start - o[1], min(cols.stop - o[1], canvas.shape[1])]
+    rows, cols, _ = metrics.illuminated_region(ds.positions, ds.probe, ds.object.shape)
+    lit = load_metrics(tmp_path / "illuminated")["region"]
+    assert lit["rows"] == [rows.start - o[0], rows.stop - o[0]] and lit["cols"] == [cols.start - o[1], cols.stop - o[1]]
 
 
 def _one_error_line(err):
@@ -214,6 +230,14 @@ def test_bad_inputs_give_one_clear_line(data, tmp_path, capsys):
     code, _, err = run(["evaluate", str(tmp_path / "ok"), "--truth", str(tmp_path / "truth.npy"),
                         "--out", out, "--crop", "scan"], capsys)
     assert code == 2 and "--n" in _one_error_line(err)
+    # the illuminated crop needs the probe: a bare-object truth has none
+    code, _, err = run(["evaluate", str(tmp_path / "ok"), "--truth", str(tmp_path / "truth.npy"),
+                        "--out", out, "--crop", "illuminated"], capsys)
+    assert code == 2 and "--crop illuminated" in _one_error_line(err) and "probe" in _one_error_line(err)
+    for floor in ("0", "1", "-0.5"):
+        code, _, err = run(["evaluate", str(tmp_path / "ok"), "--truth", str(path), "--out", out,
+                            "--illumination-floor", floor], capsys)
+        assert code == 2 and "--illumination-floor" in _one_error_line(err), floor
     code, _, err = run(["evaluate", str(tmp_path / "ok"), "--truth", str(path), "--out",
                         str(tmp_path / "missing" / "out")], capsys)
     assert code == 2 and "does not exist" in _one_error_line(err)

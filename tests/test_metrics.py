@@ -275,3 +275,107 @@ def test_scan_mask_is_the_union_of_patches():
     assert m[12:28, 12:28].all() and not m[11, 12] and m[28, 28] and not m[29, 29]
     assert metrics.bounding_box(m) == (slice(12, 29), slice(12, 68))
     assert metrics.bounding_box(np.zeros((3, 3), bool)) is None
+
+
+# ----------------------------------------------------------------------------- illuminated region
+def _brute_force_largest_area(m):
+    H, W = m.shape
+    best = 0
+    for a in range(H):
+        for b in range(a + 1, H + 1):
+            for c in range(W):
+                for d in range(c + 1, W + 1):
+                    if m[a:b, c:d].all():
+                        best = max(best, (b - a) * (d - c))
+    return best
+
+
+def test_largest_rectangle_matches_brute_force():
+    rng = np.random.default_rng(3)
+    for _ in range(150):
+        m = rng.random((rng.integers(1, 8), rng.integers(1, 8))) < 0.7
+        box = metrics.largest_rectangle(m)
+        area = 0 if box is None else (box[0].stop - box[0].start) * (box[1].stop - box[1].start)
+        assert area == _brute_force_largest_area(m)
+        if box is not None:
+            assert m[box].all()
+    # hand case: an L shape; the tall left bar (5 x 2 = 10) beats the bottom bar (2 x 4 = 8)
+    m = np.zeros((6, 7), dtype=bool)
+    m[0:5, 1:3] = True
+    m[3:5, 1:5] = True
+    assert metrics.largest_rectangle(m) == (slice(0, 5), slice(1, 3))
+    assert metrics.largest_rectangle(np.zeros((3, 3), dtype=bool)) is None
+    with pytest.raises(ValueError, match="mask"):
+        metrics.largest_rectangle(np.ones(4, dtype=bool))
+
+
+def _asymmetric_probe(N):
+    """A probe whose intensity is off-centre and lopsided: a flip or transpose of the
+    placement changes the map."""
+    r = np.arange(N, dtype=np.float64)
+    yy, xx = np.meshgrid(r, r, indexing="ij")
+    amp = np.exp(-((yy - N / 2 + 2) ** 2) / 8 - ((xx - N / 2 - 3) ** 2) / 18) + 0.3 * (yy == 1) * (xx < 3)
+    return (amp * np.exp(1j * 0.1 * xx)).astype(np.complex64)
+
+
+def test_illumination_map_is_the_stitch_weight_map_of_the_probe_intensity():
+    """Same placement convention and bilinear weights as the stitch kernel (an asymmetric
+    probe at fractional, negative and edge-crossing positions)."""
+    import torch
+    from ptycho_fast import coords, reference
+    N, shape = 8, (21, 17)
+    probe = _asymmetric_probe(N)
+    centres = np.array([[4.0, 4.0], [10.25, 6.5], [3.75, 14.125], [19.5, 1.3], [-2.0, 9.0]])
+    got = metrics.illumination_map(centres, probe, shape)
+    intensity = np.abs(probe.astype(np.complex128)) ** 2
+    intensity /= intensity.max()
+    top_left = torch.as_tensor(coords.centres_to_top_left(centres, N))
+    patches = torch.zeros((len(centres), N, N), dtype=torch.float64)
+    _, want = reference.stitch_patches(patches, top_left, shape[0], shape[1], torch.as_tensor(intensity))
+    np.testing.assert_allclose(got, want.numpy(), atol=1e-12)
+    # integer position: the probe intensity itself, at centre - N/2
+    one = metrics.illumination_map(np.array([[9.0, 7.0]]), probe, shape)
+    np.testing.assert_allclose(one[5:13, 3:11], intensity, atol=1e-12)
+    assert one.sum() == pytest.approx(intensity.sum())
+    # incoherent modes add their intensities
+    modes = np.stack([probe, 0.5 * probe])
+    np.testing.assert_allclose(metrics.illumination_map(centres, modes, shape), got, atol=1e-12)
+
+
+def test_illuminated_region_is_inside_the_scan_and_moves_with_it():
+    N, shape = 16, (90, 80)
+    probe = _asymmetric_probe(N)
+    grid = np.stack(np.meshgrid(np.arange(8) * 4.0, np.arange(6) * 4.0, indexing="ij"), -1).reshape(-1, 2)
+    centres = grid + [25.0, 20.0]
+    rows, cols, illum = metrics.illuminated_region(centres, probe, shape)
+    scan_rows, scan_cols = metrics.scan_region(centres, N, shape)
+    assert scan_rows.start < rows.start < rows.stop < scan_rows.stop
+    assert scan_cols.start < cols.start < cols.stop < scan_cols.stop
+    region = illum[rows, cols]
+    assert region.min() >= metrics.ILLUMINATION_FLOOR * np.percentile(illum[illum > 0], 99)
+    # the region is the largest: one more row or column on any side takes in a dark pixel
+    floor = metrics.ILLUMINATION_FLOOR * np.percentile(illum[illum > 0], 99)
+    for r, c in [(slice(rows.start - 1, rows.stop), cols), (slice(rows.start, rows.stop + 1), cols),
+                 (rows, slice(cols.start - 1, cols.stop)), (rows, slice(cols.start, cols.stop + 1))]:
+        assert illum[r, c].min() < floor
+    # an integer move of the scan moves the region by exactly as much (no flip, no transpose)
+    moved_rows, moved_cols, _ = metrics.illuminated_region(centres + [7.0, -3.0], probe, shape)
+    assert (moved_rows.start, moved_rows.stop) == (rows.start + 7, rows.stop + 7)
+    assert (moved_cols.start, moved_cols.stop) == (cols.start - 3, cols.stop - 3)
+    # a lower floor keeps more of the scan
+    wide_rows, wide_cols, _ = metrics.illuminated_region(centres, probe, shape, floor=0.01)
+    assert wide_rows.stop - wide_rows.start > rows.stop - rows.start
+
+
+def test_illuminated_region_errors():
+    probe = _asymmetric_probe(8)
+    with pytest.raises(ValueError, match="floor"):
+        metrics.illuminated_region(np.zeros((1, 2)) + 4, probe, (16, 16), floor=1.0)
+    with pytest.raises(ValueError, match="no scan position illuminates"):
+        metrics.illuminated_region(np.array([[100.0, 100.0]]), probe, (16, 16))
+    with pytest.raises(ValueError, match="probe"):
+        metrics.illumination_map(np.zeros((1, 2)), np.zeros((8, 8), np.complex64), (16, 16))
+    with pytest.raises(ValueError, match="probe must be"):
+        metrics.illumination_map(np.zeros((1, 2)), np.zeros((8, 6), np.complex64), (16, 16))
+    with pytest.raises(ValueError, match="positions"):
+        metrics.illumination_map(np.zeros((3,)), probe, (16, 16))
