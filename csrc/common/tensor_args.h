@@ -5,6 +5,7 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <ATen/ops/view_as_complex.h>
 #include <ATen/ops/view_as_real.h>
 #include <c10/util/Exception.h>
@@ -270,6 +271,30 @@ inline void check_finite_positions(const char* op, const at::Tensor& positions_f
     TORCH_CHECK_VALUE(std::isfinite(p[i]), op, ": positions contains a non-finite value (",
                       p[i], ") at flat index ", i);
   }
+}
+
+// extract_patches and extract_patches_into around one device's `fill(args, buf, h, w)`,
+// which writes a (B, P, h, w, K) real contiguous buffer: the checks, the buffer (a new
+// tensor, or the caller's `out` seen in kernel layout) and the result's layout, shared by
+// the CPU and CUDA files.
+template <typename Fill>
+at::Tensor extract_patches_with(const Fill& fill, const at::Tensor& canvas,
+                                const at::Tensor& positions, int64_t patch_h, int64_t patch_w) {
+  check_patch_size("extract_patches", patch_h, patch_w);
+  const SamplingArgs a = sampling_args("extract_patches", canvas, positions);
+  at::Tensor out = at::empty({a.B, a.P, patch_h, patch_w, a.K}, a.canvas.options());
+  fill(a, out, patch_h, patch_w);
+  return unbatched(from_real_channels(out, a.is_complex), a.is_batched);
+}
+
+template <typename Fill>
+void extract_patches_into_with(const Fill& fill, const at::Tensor& canvas,
+                               const at::Tensor& positions, int64_t patch_h, int64_t patch_w,
+                               const at::Tensor& out) {
+  check_patch_size("extract_patches", patch_h, patch_w);
+  const SamplingArgs a = sampling_args("extract_patches", canvas, positions);
+  at::Tensor buf = extract_out_buffer(a, canvas, out, patch_h, patch_w);
+  fill(a, buf, patch_h, patch_w);
 }
 
 }  // namespace ptycho_fast

@@ -60,19 +60,12 @@ void extract_into(const SamplingArgs& a, at::Tensor& buf, int64_t patch_h, int64
 
 at::Tensor extract_patches_cpu(const at::Tensor& canvas, const at::Tensor& positions,
                                int64_t patch_h, int64_t patch_w) {
-  check_patch_size("extract_patches", patch_h, patch_w);
-  const SamplingArgs a = sampling_args("extract_patches", canvas, positions);
-  at::Tensor out = at::empty({a.B, a.P, patch_h, patch_w, a.K}, a.canvas.options());
-  extract_into(a, out, patch_h, patch_w);
-  return unbatched(from_real_channels(out, a.is_complex), a.is_batched);
+  return extract_patches_with(extract_into, canvas, positions, patch_h, patch_w);
 }
 
 void extract_patches_into_cpu(const at::Tensor& canvas, const at::Tensor& positions,
-                                    int64_t patch_h, int64_t patch_w, const at::Tensor& out) {
-  check_patch_size("extract_patches", patch_h, patch_w);
-  const SamplingArgs a = sampling_args("extract_patches", canvas, positions);
-  at::Tensor buf = extract_out_buffer(a, canvas, out, patch_h, patch_w);
-  extract_into(a, buf, patch_h, patch_w);
+                              int64_t patch_h, int64_t patch_w, const at::Tensor& out) {
+  extract_patches_into_with(extract_into, canvas, positions, patch_h, patch_w, out);
 }
 
 }  // namespace

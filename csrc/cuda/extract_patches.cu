@@ -7,18 +7,12 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include <algorithm>
-#include <limits>
-
 #include "../common/bilinear.h"
 #include "../common/tensor_args.h"
+#include "launch.h"
 
 namespace ptycho_fast {
 namespace {
-
-constexpr int kThreads = 256;
-// Grid-stride loops cover any size; more blocks than this only adds scheduling.
-constexpr int64_t kMaxBlocks = int64_t{1} << 20;
 
 // index_t: int32 when every flat index fits (divisions are several times cheaper),
 // int64 otherwise; memory offsets are always computed in int64.
@@ -29,18 +23,12 @@ __global__ void extract_kernel(const T* __restrict__ canvas, const double* __res
   const index_t stride = static_cast<index_t>(blockDim.x) * gridDim.x;
   for (index_t idx = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
        idx += stride) {
-    index_t t = idx;
-    const index_t k = t % K;
-    t /= K;
-    const index_t j = t % pw;
-    t /= pw;
-    const index_t i = t % ph;
-    const index_t bp = t / ph;
-    const T* img = canvas + static_cast<int64_t>(bp / P) * H * W * K;
-    const AxisSplit sy = split_coordinate(positions[2 * static_cast<int64_t>(bp)]);
-    const AxisSplit sx = split_coordinate(positions[2 * static_cast<int64_t>(bp) + 1]);
+    const PatchValueIndex<index_t> v = patch_value_index(idx, ph, pw, K);
+    const T* img = canvas + static_cast<int64_t>(v.bp / P) * H * W * K;
+    const AxisSplit sy = split_coordinate(positions[2 * static_cast<int64_t>(v.bp)]);
+    const AxisSplit sx = split_coordinate(positions[2 * static_cast<int64_t>(v.bp) + 1]);
     const BilinearWeights<T> w = bilinear_weights<T>(sy.frac, sx.frac);
-    const Corners<T> c = canvas_corners<T>(img, H, W, K, sy.base + i, sx.base + j, k);
+    const Corners<T> c = canvas_corners<T>(img, H, W, K, sy.base + v.i, sx.base + v.j, v.k);
     out[idx] = bilinear_interp(c.v00, c.v01, c.v10, c.v11, w);
   }
 }
@@ -49,8 +37,7 @@ template <typename T, typename index_t>
 void launch_extract(const SamplingArgs& a, at::Tensor& out, int64_t ph, int64_t pw,
                     cudaStream_t stream) {
   const int64_t total = out.numel();
-  const int64_t blocks = std::min<int64_t>((total + kThreads - 1) / kThreads, kMaxBlocks);
-  extract_kernel<T, index_t><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
+  extract_kernel<T, index_t><<<blocks_for(total), kThreads, 0, stream>>>(
       a.canvas.const_data_ptr<T>(), a.positions.const_data_ptr<double>(),
       out.mutable_data_ptr<T>(), static_cast<index_t>(total), static_cast<index_t>(a.H),
       static_cast<index_t>(a.W), static_cast<index_t>(a.K), static_cast<index_t>(a.P),
@@ -64,9 +51,9 @@ void extract_into(const SamplingArgs& a, at::Tensor& buf, int64_t patch_h, int64
   if (buf.numel() == 0) return;
   const c10::cuda::CUDAGuard guard(a.canvas.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  // Every index the kernel forms (flat output index, canvas offsets) stays below this.
-  const int64_t largest = std::max<int64_t>(buf.numel(), a.canvas.numel());
-  const bool small = largest < std::numeric_limits<int32_t>::max() / 2;
+  // Every index the kernel forms (flat output index, canvas offsets) stays below the
+  // larger element count.
+  const bool small = fits_int32(std::max<int64_t>(buf.numel(), a.canvas.numel()));
   AT_DISPATCH_FLOATING_TYPES(a.canvas.scalar_type(), "extract_patches_cuda", [&] {
     if (small) {
       launch_extract<scalar_t, int32_t>(a, buf, patch_h, patch_w, stream);
@@ -78,19 +65,12 @@ void extract_into(const SamplingArgs& a, at::Tensor& buf, int64_t patch_h, int64
 
 at::Tensor extract_patches_cuda(const at::Tensor& canvas, const at::Tensor& positions,
                                 int64_t patch_h, int64_t patch_w) {
-  check_patch_size("extract_patches", patch_h, patch_w);
-  const SamplingArgs a = sampling_args("extract_patches", canvas, positions);
-  at::Tensor out = at::empty({a.B, a.P, patch_h, patch_w, a.K}, a.canvas.options());
-  extract_into(a, out, patch_h, patch_w);
-  return unbatched(from_real_channels(out, a.is_complex), a.is_batched);
+  return extract_patches_with(extract_into, canvas, positions, patch_h, patch_w);
 }
 
 void extract_patches_into_cuda(const at::Tensor& canvas, const at::Tensor& positions,
-                                     int64_t patch_h, int64_t patch_w, const at::Tensor& out) {
-  check_patch_size("extract_patches", patch_h, patch_w);
-  const SamplingArgs a = sampling_args("extract_patches", canvas, positions);
-  at::Tensor buf = extract_out_buffer(a, canvas, out, patch_h, patch_w);
-  extract_into(a, buf, patch_h, patch_w);
+                               int64_t patch_h, int64_t patch_w, const at::Tensor& out) {
+  extract_patches_into_with(extract_into, canvas, positions, patch_h, patch_w, out);
 }
 
 }  // namespace

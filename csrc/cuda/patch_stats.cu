@@ -13,13 +13,10 @@
 
 #include "../common/tensor_args.h"
 #include "../common/welford.h"
+#include "launch.h"
 
 namespace ptycho_fast {
 namespace {
-
-constexpr int kMaxThreads = 256;
-constexpr int kWarp = 32;
-constexpr int64_t kMaxBlocks = int64_t{1} << 20;
 
 __device__ __forceinline__ WelfordState shfl_down(const WelfordState& s, int offset) {
   constexpr unsigned kAll = 0xffffffffu;
@@ -38,13 +35,13 @@ __device__ __forceinline__ WelfordState warp_combine(WelfordState s) {
   return s;
 }
 
-// blockDim.x is a multiple of 32 (at most kMaxThreads); blocks stride over the M patches.
+// blockDim.x is a multiple of 32 (at most kThreads); blocks stride over the M patches.
 template <typename T>
 __global__ void patch_stats_kernel(const T* __restrict__ data, int64_t M, int64_t n, int64_t K,
                                    StatsView view, double* __restrict__ out_mean,
                                    double* __restrict__ out_var, double* __restrict__ out_min,
                                    double* __restrict__ out_max) {
-  __shared__ WelfordState shared[kMaxThreads / kWarp];
+  __shared__ WelfordState shared[kThreads / kWarp];
   const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
   for (int64_t m = blockIdx.x; m < M; m += gridDim.x) {
     const T* x = data + m * n * K;
@@ -80,12 +77,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> patch_stats_cuda(
   at::Tensor mean = at::empty({a.M}, opts), var = at::empty({a.M}, opts);
   at::Tensor mn = at::empty({a.M}, opts), mx = at::empty({a.M}, opts);
   if (a.M > 0) {
-    // One warp per 32 values of a patch, up to kMaxThreads: small patches waste no lanes.
-    // An empty patch (n == 0) still gets its NaN statistics from one warp.
-    const int64_t values = std::max<int64_t>(a.n, 1);
-    const int threads = static_cast<int>(
-        std::min<int64_t>(kMaxThreads, (values + kWarp - 1) / kWarp * kWarp));
-    const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(a.M, kMaxBlocks));
+    const int threads = warp_threads_for(a.n);
+    const unsigned blocks = blocks_per_item(a.M);
     const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
     AT_DISPATCH_FLOATING_TYPES(a.data.scalar_type(), "patch_stats_cuda", [&] {
       patch_stats_kernel<scalar_t><<<blocks, threads, 0, stream>>>(

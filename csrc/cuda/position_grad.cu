@@ -12,13 +12,10 @@
 
 #include "../common/bilinear.h"
 #include "../common/tensor_args.h"
+#include "launch.h"
 
 namespace ptycho_fast {
 namespace {
-
-constexpr int kMaxThreads = 256;
-constexpr int kWarp = 32;
-constexpr int64_t kMaxBlocks = int64_t{1} << 20;
 
 // Sum of v over the block, valid in thread 0. Every thread of the block must call it;
 // `shared` holds one value per warp and may be reused after the next __syncthreads().
@@ -39,15 +36,15 @@ __device__ __forceinline__ double block_sum(double v, double* shared) {
   return v;
 }
 
-// blockDim.x is a multiple of 32 (at most kMaxThreads); blocks stride over the B*P patches.
+// blockDim.x is a multiple of 32 (at most kThreads); blocks stride over the B*P patches.
 template <typename T>
 __global__ void position_grad_kernel(const T* __restrict__ canvas,
                                      const double* __restrict__ positions,
                                      const T* __restrict__ grad, double* __restrict__ out,
                                      int64_t BP, int64_t H, int64_t W, int64_t K, int64_t P,
                                      int64_t ph, int64_t pw) {
-  __shared__ double shared_y[kMaxThreads / kWarp];
-  __shared__ double shared_x[kMaxThreads / kWarp];
+  __shared__ double shared_y[kThreads / kWarp];
+  __shared__ double shared_x[kThreads / kWarp];
   const int64_t n = ph * pw;
   for (int64_t bp = blockIdx.x; bp < BP; bp += gridDim.x) {
     const T* img = canvas + (bp / P) * H * W * K;
@@ -88,11 +85,8 @@ at::Tensor position_grad_cuda(const at::Tensor& canvas, const at::Tensor& positi
   const int64_t BP = a.B * a.P;
   if (BP > 0) {
     const int64_t ph = g.size(2), pw = g.size(3);
-    // One warp per 32 values of a patch, up to kMaxThreads: small patches waste no lanes.
-    const int64_t values = std::max<int64_t>(ph * pw, 1);
-    const int threads = static_cast<int>(
-        std::min<int64_t>(kMaxThreads, (values + kWarp - 1) / kWarp * kWarp));
-    const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(BP, kMaxBlocks));
+    const int threads = warp_threads_for(ph * pw);
+    const unsigned blocks = blocks_per_item(BP);
     const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
     AT_DISPATCH_FLOATING_TYPES(a.canvas.scalar_type(), "position_grad_cuda", [&] {
       position_grad_kernel<scalar_t><<<blocks, threads, 0, stream>>>(

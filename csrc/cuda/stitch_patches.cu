@@ -15,22 +15,28 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <limits>
 #include <optional>
 
 #include "../common/bilinear.h"
 #include "../common/tensor_args.h"
+#include "launch.h"
 
 namespace ptycho_fast {
 namespace {
 
-constexpr int kThreads = 256;
-// Grid-stride loops cover any size; more blocks than this only adds scheduling.
-constexpr int64_t kMaxBlocks = int64_t{1} << 20;
-
-inline unsigned blocks_for(int64_t n) {
-  return static_cast<unsigned>(std::min<int64_t>((n + kThreads - 1) / kThreads, kMaxBlocks));
-}
+// What both stitch kernels read and write (passed by value). weights: nullptr, (ph, pw)
+// shared, or one (ph, pw) window per patch; weight_map is written only with weights.
+template <typename T, typename index_t>
+struct StitchKernelArgs {
+  const T* __restrict__ patches;    // (B, P, ph, pw, K)
+  const double* __restrict__ positions;  // (B, P, 2)
+  const T* __restrict__ weights;
+  bool weights_per_patch;
+  T* __restrict__ canvas;           // (B, H, W, K), zeroed
+  T* __restrict__ weight_map;       // (B, H, W), zeroed
+  index_t total;                    // threads: patch values (atomic) or canvas pixels (gather)
+  index_t P, ph, pw, K, H, W;
+};
 
 // Adds the four bilinear shares of value v (patch pixel (i, j) of a patch based at
 // (y0, x0)) into channel k of a (H, W, K) canvas, dropping pixels outside it. The shares
@@ -52,41 +58,31 @@ __device__ __forceinline__ void scatter_value(T* img, int64_t H, int64_t W, int6
   }
 }
 
-// One thread per patch value (b, p, i, j, k). weights: nullptr, (ph, pw) shared, or one
-// (ph, pw) window per patch; weight_map is written only when weights are given.
+// One thread per patch value (b, p, i, j, k).
 template <typename T, typename index_t>
-__global__ void stitch_atomic_kernel(const T* __restrict__ patches,
-                                     const double* __restrict__ positions,
-                                     const T* __restrict__ weights, bool weights_per_patch,
-                                     T* __restrict__ canvas, T* __restrict__ weight_map,
-                                     index_t total, index_t P, index_t ph, index_t pw, index_t K,
-                                     index_t H, index_t W) {
+__global__ void stitch_atomic_kernel(const StitchKernelArgs<T, index_t> a) {
   const index_t stride = static_cast<index_t>(blockDim.x) * gridDim.x;
-  for (index_t idx = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
+  const index_t ph = a.ph, pw = a.pw, K = a.K, H = a.H, W = a.W;
+  for (index_t idx = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < a.total;
        idx += stride) {
-    index_t t = idx;
-    const index_t k = t % K;
-    t /= K;
-    const index_t j = t % pw;
-    t /= pw;
-    const index_t i = t % ph;
-    const index_t bp = t / ph;
-    const int64_t b = bp / P;
-    const AxisSplit sy = split_coordinate(positions[2 * static_cast<int64_t>(bp)]);
-    const AxisSplit sx = split_coordinate(positions[2 * static_cast<int64_t>(bp) + 1]);
+    const PatchValueIndex<index_t> v = patch_value_index(idx, ph, pw, K);
+    const int64_t bp = v.bp, b = v.bp / a.P;  // the division in index_t
+    const AxisSplit sy = split_coordinate(a.positions[2 * bp]);
+    const AxisSplit sx = split_coordinate(a.positions[2 * bp + 1]);
     const BilinearWeights<T> w = bilinear_weights<T>(sy.frac, sx.frac);
-    const T* patch = patches + static_cast<int64_t>(bp) * ph * pw * K;
-    T* img = canvas + b * H * W * K;
-    const int64_t r = sy.base + i, c = sx.base + j;
-    if (weights == nullptr) {
-      scatter_value(img, H, W, K, k, r, c, w, PatchReader<T>{patch, pw, K, k}(i, j));
+    const T* patch = a.patches + bp * ph * pw * K;
+    T* img = a.canvas + b * H * W * K;
+    const int64_t r = sy.base + v.i, c = sx.base + v.j;
+    if (a.weights == nullptr) {
+      scatter_value(img, H, W, K, v.k, r, c, w, PatchReader<T>{patch, pw, K, v.k}(v.i, v.j));
       continue;
     }
-    const T* wpatch = weights + (weights_per_patch ? static_cast<int64_t>(bp) * ph * pw : 0);
-    scatter_value(img, H, W, K, k, r, c, w, WeightedPatchReader<T>{patch, wpatch, pw, K, k}(i, j));
-    if (k == 0) {
-      scatter_value(weight_map + b * H * W, H, W, int64_t{1}, int64_t{0}, r, c, w,
-                    WeightReader<T>{wpatch, pw}(i, j));
+    const T* wpatch = a.weights + (a.weights_per_patch ? bp * ph * pw : 0);
+    scatter_value(img, H, W, K, v.k, r, c, w,
+                  WeightedPatchReader<T>{patch, wpatch, pw, K, v.k}(v.i, v.j));
+    if (v.k == 0) {
+      scatter_value(a.weight_map + b * H * W, H, W, int64_t{1}, int64_t{0}, r, c, w,
+                    WeightReader<T>{wpatch, pw}(v.i, v.j));
     }
   }
 }
@@ -94,14 +90,11 @@ __global__ void stitch_atomic_kernel(const T* __restrict__ patches,
 // One thread per canvas pixel (b, r, c): all K channels and the weight map, each summed
 // over the patches in index order, exactly as the CPU kernel sums them.
 template <typename T, typename index_t>
-__global__ void stitch_gather_kernel(const T* __restrict__ patches,
-                                     const double* __restrict__ positions,
-                                     const T* __restrict__ weights, bool weights_per_patch,
-                                     T* __restrict__ canvas, T* __restrict__ weight_map,
-                                     index_t total, index_t P, index_t ph, index_t pw, index_t K,
-                                     index_t H, index_t W) {
+__global__ void stitch_gather_kernel(const StitchKernelArgs<T, index_t> a) {
   const index_t stride = static_cast<index_t>(blockDim.x) * gridDim.x;
-  for (index_t idx = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
+  const index_t P = a.P, ph = a.ph, pw = a.pw, K = a.K, H = a.H, W = a.W;
+  const T* __restrict__ weights = a.weights;
+  for (index_t idx = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < a.total;
        idx += stride) {
     const index_t c = idx % W;
     const index_t r = (idx / W) % H;
@@ -112,12 +105,12 @@ __global__ void stitch_gather_kernel(const T* __restrict__ patches,
     T wacc = T(0);
     for (index_t p = 0; p < P; ++p) {
       const int64_t bp = b * P + p;
-      const AxisSplit sy = split_coordinate(positions[2 * bp]);
-      const AxisSplit sx = split_coordinate(positions[2 * bp + 1]);
+      const AxisSplit sy = split_coordinate(a.positions[2 * bp]);
+      const AxisSplit sx = split_coordinate(a.positions[2 * bp + 1]);
       // A patch touches canvas rows base_y .. base_y + ph and columns base_x .. base_x + pw.
       if (r < sy.base || r > sy.base + ph || c < sx.base || c > sx.base + pw) continue;
       const BilinearWeights<T> w = bilinear_weights<T>(sy.frac, sx.frac);
-      const T* patch = patches + bp * ph * pw * K;
+      const T* patch = a.patches + bp * ph * pw * K;
       const int64_t i = r - sy.base, j = c - sx.base;
       if (weights == nullptr) {
 #pragma unroll
@@ -126,7 +119,7 @@ __global__ void stitch_gather_kernel(const T* __restrict__ patches,
         }
         continue;
       }
-      const T* wpatch = weights + (weights_per_patch ? bp * ph * pw : 0);
+      const T* wpatch = weights + (a.weights_per_patch ? bp * ph * pw : 0);
 #pragma unroll
       for (int k = 0; k < 2; ++k) {
         if (k < K) {
@@ -136,28 +129,29 @@ __global__ void stitch_gather_kernel(const T* __restrict__ patches,
       }
       wacc += stitch_gather<T>(WeightReader<T>{wpatch, pw}, ph, pw, i, j, w);
     }
-    T* out = canvas + static_cast<int64_t>(idx) * K;
+    T* out = a.canvas + static_cast<int64_t>(idx) * K;
 #pragma unroll
     for (int k = 0; k < 2; ++k) {
       if (k < K) out[k] = acc[k];
     }
-    if (weights != nullptr) weight_map[idx] = wacc;
+    if (weights != nullptr) a.weight_map[idx] = wacc;
   }
 }
 
 template <typename T, typename index_t>
 void launch_stitch(const StitchArgs& a, at::Tensor& canvas, at::Tensor& weight_map,
                    int64_t height, int64_t width, bool deterministic, cudaStream_t stream) {
-  const at::Tensor& w = a.weights;
-  const T* weights = w.defined() ? w.const_data_ptr<T>() : nullptr;
-  T* wmap = w.defined() ? weight_map.mutable_data_ptr<T>() : nullptr;
+  const bool weighted = a.weights.defined();
   const int64_t total = deterministic ? a.B * height * width : a.patches.numel();
+  const StitchKernelArgs<T, index_t> k{
+      a.patches.const_data_ptr<T>(), a.positions.const_data_ptr<double>(),
+      weighted ? a.weights.const_data_ptr<T>() : nullptr, a.weights_per_patch,
+      canvas.mutable_data_ptr<T>(), weighted ? weight_map.mutable_data_ptr<T>() : nullptr,
+      static_cast<index_t>(total), static_cast<index_t>(a.P), static_cast<index_t>(a.ph),
+      static_cast<index_t>(a.pw), static_cast<index_t>(a.K), static_cast<index_t>(height),
+      static_cast<index_t>(width)};
   auto kernel = deterministic ? stitch_gather_kernel<T, index_t> : stitch_atomic_kernel<T, index_t>;
-  kernel<<<blocks_for(total), kThreads, 0, stream>>>(
-      a.patches.const_data_ptr<T>(), a.positions.const_data_ptr<double>(), weights,
-      a.weights_per_patch, canvas.mutable_data_ptr<T>(), wmap, static_cast<index_t>(total),
-      static_cast<index_t>(a.P), static_cast<index_t>(a.ph), static_cast<index_t>(a.pw),
-      static_cast<index_t>(a.K), static_cast<index_t>(height), static_cast<index_t>(width));
+  kernel<<<blocks_for(total), kThreads, 0, stream>>>(k);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -177,9 +171,8 @@ std::tuple<at::Tensor, at::Tensor> stitch_patches_cuda(const at::Tensor& patches
     const bool deterministic = at::globalContext().deterministicAlgorithms();
     const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
     // Every index the kernels form (flat thread index, canvas and patch offsets) stays
-    // below this; int32 indices when it fits.
-    const int64_t largest = std::max<int64_t>(canvas.numel(), q.numel());
-    const bool small = largest < std::numeric_limits<int32_t>::max() / 2;
+    // below the larger element count.
+    const bool small = fits_int32(std::max<int64_t>(canvas.numel(), q.numel()));
     AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "stitch_patches_cuda", [&] {
       if (small) {
         launch_stitch<scalar_t, int32_t>(a, canvas, weight_map, height, width, deterministic,
