@@ -290,6 +290,8 @@ def _image_metrics(prefix: str, truth: np.ndarray, recon: np.ndarray, taper: flo
         out[f"{prefix}_frc_{name}_px"] = res["resolution_px"]
         out[f"{prefix}_frc_{name}_nyquist"] = res["fraction_of_nyquist"]
         out[f"{prefix}_frc_{name}_crossed"] = res["crossed"]
+        deficit = res["low_frequency_deficit_to"]
+        out[f"{prefix}_frc_{name}_low_frequency_deficit_nyquist"] = None if deficit is None else deficit / 0.5
     out[f"{prefix}_frc_mean"] = curve.mean()
     return out, curve
 
@@ -553,7 +555,14 @@ def frc_figure(result: EvaluationResult) -> bytes:
                 ax.axvline(res["fraction_of_nyquist"], color=color, lw=0.8, alpha=0.7)
         hb = result.metrics[f"{name}_frc_half_bit_px"]
         reached = "" if result.metrics[f"{name}_frc_half_bit_crossed"] else ", threshold not reached"
-        ax.set_title(f"{name}: 1/2-bit resolution {hb:.2f} px (half period{reached})", fontsize=10)
+        deficit = result.metrics.get(f"{name}_frc_half_bit_low_frequency_deficit_nyquist")
+        if deficit is not None:
+            # the coarsest scales disagree: shade them, and say the search started after them
+            ax.axvspan(0, deficit, color="C3", alpha=0.12, lw=0, label="low-frequency deficit")
+        title = f"{name}: 1/2-bit resolution {hb:.2f} px (half period{reached})"
+        if deficit is not None:
+            title += f"\nbelow the threshold up to {deficit:.3f} Nyquist (low-frequency deficit)"
+        ax.set_title(title, fontsize=10)
         ax.set_xlabel("spatial frequency / Nyquist")
         ax.set_ylabel("FRC")
         ax.set_xlim(0, 1)
@@ -614,13 +623,15 @@ def format_table(result: EvaluationResult) -> str:
     rows = [("MAE", "mae", "{:.4g}"), ("RMSE", "rmse", "{:.4g}"), ("PSNR (dB)", "psnr", "{:.2f}"),
             ("SSIM", "ssim", "{:.4f}"), ("FRC 1/2-bit (px)", "frc_half_bit_px", "{:.2f}"),
             ("FRC 1/2-bit (Nyquist)", "frc_half_bit_nyquist", "{:.3f}"),
-            ("FRC 1/7 (px)", "frc_one_seventh_px", "{:.2f}"), ("FRC mean", "frc_mean", "{:.3f}")]
+            ("FRC 1/7 (px)", "frc_one_seventh_px", "{:.2f}"), ("FRC mean", "frc_mean", "{:.3f}"),
+            ("FRC deficit to (Nyq.)", "frc_half_bit_low_frequency_deficit_nyquist", "{:.3f}")]
     lines = [f"{'':24s}{'amplitude':>12s}{'phase':>12s}"]
     for label, key, fmt in rows:
         cells = []
         for image in ("amplitude", "phase"):
             v = m.get(f"{image}_{key}")
-            cells.append("n/a" if v is None else ("inf" if v == math.inf else fmt.format(v)))
+            missing = "none" if key.endswith("deficit_nyquist") else "n/a"
+            cells.append(missing if v is None else ("inf" if v == math.inf else fmt.format(v)))
         lines.append(f"{label:24s}{cells[0]:>12s}{cells[1]:>12s}")
     return "\n".join(lines)
 

@@ -266,24 +266,45 @@ def frc(a, b, taper: float = 0.1) -> FRCResult:
     return FRCResult(np.arange(K + 1) / n, np.clip(values, -1.0, 1.0), counts)
 
 
+#: a curve that starts below the threshold (the lowest rings disagree: e.g. a slow phase
+#: error the data barely constrain) is searched from its first run of FRC_START_RUN rings
+#: at or above the threshold, if that run starts below FRC_START_MAX_NYQUIST of Nyquist
+FRC_START_RUN = 3
+FRC_START_MAX_NYQUIST = 0.1
+
+
 def frc_resolution(frequency, values, threshold) -> dict:
     """Where an FRC curve first drops below a threshold.
 
     Searches rings 1 .. K (ring 0 is the mean and always skipped; NaN rings are skipped).
     At the first ring k whose FRC is below the threshold, the crossing frequency ``f_c`` is
-    linearly interpolated between rings k-1 and k (at k = 1: ``f_c`` = frequency of ring 1).
-    A curve that never drops below gives ``f_c`` = the last ring (Nyquist) and
+    linearly interpolated between rings k-1 and k (at the first searched ring: ``f_c`` = its
+    frequency). A curve that never drops below gives ``f_c`` = the last ring (Nyquist) and
     ``crossed = False``. Resolution is the **half-period** ``1 / (2 f_c)`` pixels (1 pixel at
     Nyquist); ``fraction_of_nyquist = f_c / 0.5``.
+
+    Low-frequency deficit: when ring 1 is below the threshold but a run of
+    :data:`FRC_START_RUN` rings at or above it starts below :data:`FRC_START_MAX_NYQUIST` of
+    Nyquist, the search starts at that run, and ``low_frequency_deficit_to`` (else None)
+    gives its frequency: the images agree from there on, but not on the coarsest scales.
+    Without that run (a curve that is never correlated) ``f_c`` is ring 1's frequency.
     """
     f = np.asarray(frequency, dtype=np.float64)
     v = np.asarray(values, dtype=np.float64)
     t = np.broadcast_to(np.asarray(threshold, dtype=np.float64), v.shape)
+    rings = [k for k in range(1, len(v)) if math.isfinite(v[k])]
+    start, deficit_to = 0, None
+    if rings and v[rings[0]] < t[rings[0]]:
+        for n in range(len(rings) - FRC_START_RUN + 1):
+            k = rings[n]
+            if f[k] > FRC_START_MAX_NYQUIST * 0.5:
+                break
+            if all(v[j] >= t[j] for j in rings[n:n + FRC_START_RUN]):
+                start, deficit_to = n, float(f[k])
+                break
     f_c, crossed = float(f[-1]), False
     prev = None
-    for k in range(1, len(v)):
-        if not math.isfinite(v[k]):
-            continue
+    for k in rings[start:]:
         d = v[k] - t[k]
         if d < 0:
             crossed = True
@@ -296,7 +317,7 @@ def frc_resolution(frequency, values, threshold) -> dict:
         prev = (k, d)
     f_c = max(f_c, float(f[1]) if len(f) > 1 else f_c)
     return {"frequency": f_c, "resolution_px": 1.0 / (2.0 * f_c), "fraction_of_nyquist": f_c / 0.5,
-            "crossed": crossed}
+            "crossed": crossed, "low_frequency_deficit_to": deficit_to}
 
 
 # ----------------------------------------------------------------------------- phase

@@ -68,6 +68,8 @@ def test_cli_writes_every_file_for_a_perfect_reconstruction(data, tmp_path, caps
     assert m["phase_offset_rad"] == pytest.approx(0.7, abs=1e-6)
     assert m["amplitude_psnr"] is None or m["amplitude_psnr"] > 120     # inf is written as null
     assert m["amplitude_frc_half_bit_nyquist"] == pytest.approx(1.0, abs=0.05)
+    assert m["amplitude_frc_half_bit_low_frequency_deficit_nyquist"] is None    # key present, no deficit
+    assert m["phase_frc_one_seventh_low_frequency_deficit_nyquist"] is None
     # default crop: the illuminated region (metrics.illuminated_region), inside the scanned
     # region (bounding box of every patch), both recorded
     rows, cols, _ = metrics.illuminated_region(ds.positions, ds.probe, ds.object.shape)

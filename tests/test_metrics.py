@@ -103,7 +103,8 @@ def test_frc_of_image_with_itself_is_one_everywhere():
         assert np.all(res.frc[1:] == 1.0)               # ring 0 is the (removed) mean
         assert res.frequency[-1] == pytest.approx(0.5)
         hb = res.resolution("half_bit")
-        assert hb == {"frequency": 0.5, "resolution_px": 1.0, "fraction_of_nyquist": 1.0, "crossed": False}
+        assert hb == {"frequency": 0.5, "resolution_px": 1.0, "fraction_of_nyquist": 1.0, "crossed": False,
+                      "low_frequency_deficit_to": None}
 
 
 def test_frc_of_independent_noise_is_near_zero():
@@ -115,6 +116,38 @@ def test_frc_of_independent_noise_is_near_zero():
     assert np.all(np.abs(res.frc[2:]) < 5 / np.sqrt(res.n_pixels[2:]))
     hb = res.resolution("half_bit")
     assert hb["crossed"] and hb["fraction_of_nyquist"] < 0.1
+    assert hb["low_frequency_deficit_to"] is None
+
+
+def test_frc_resolution_skips_a_low_frequency_deficit():
+    """A curve below the threshold on the coarsest rings only (as a slow phase error
+    gives) is searched from its first run of FRC_START_RUN rings above; the deficit is
+    reported. A run that starts beyond FRC_START_MAX_NYQUIST is not a start."""
+    f = np.linspace(0, 0.5, 101)                         # ring k at 0.005 k cycles/px
+    v = np.full(101, 0.9)
+    v[1:4] = -0.5                                        # rings 1..3 anti-correlated
+    v[61:] = 0.0                                         # drops between rings 60 and 61
+    t = 1 / 7
+    res = metrics.frc_resolution(f, v, t)
+    d0, d1 = 0.9 - t, 0.0 - t
+    assert res["crossed"] and res["frequency"] == pytest.approx(f[60] + 0.005 * d0 / (d0 - d1))
+    assert res["low_frequency_deficit_to"] == pytest.approx(f[4])
+    # two isolated rings above the threshold are not a run: no start, f_c = ring 1
+    w = np.zeros(101)
+    w[5:7] = 0.9
+    assert metrics.frc_resolution(f, w, t) == pytest.approx(
+        {"frequency": f[1], "resolution_px": 1 / (2 * f[1]), "fraction_of_nyquist": f[1] / 0.5,
+         "crossed": True, "low_frequency_deficit_to": None})
+    # a run that starts past 10 % of Nyquist (ring 11 = 0.055 cycles/px) is not skipped to
+    late = np.full(101, 0.9)
+    late[1:11] = -0.5
+    res = metrics.frc_resolution(f, late, t)
+    assert res["frequency"] == pytest.approx(f[1]) and res["low_frequency_deficit_to"] is None
+    # just inside the limit (ring 10 = 0.05 cycles/px) it is
+    inside = np.full(101, 0.9)
+    inside[1:10] = -0.5
+    res = metrics.frc_resolution(f, inside, t)
+    assert not res["crossed"] and res["low_frequency_deficit_to"] == pytest.approx(f[10])
 
 
 def test_frc_of_single_frequency_images_hand_computed():
