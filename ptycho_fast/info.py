@@ -131,8 +131,8 @@ def describe_dataset(path) -> dict:
         probe_energy = float(np.sum(np.abs(probe) ** 2))
         scale = math.sqrt(E) / (N / 2)                     # physics.intensity_scale
         fitted = math.sqrt(E / probe_energy)               # physics.probe_gain
-        lo, hi = physics.CALIBRATED_GAIN_RANGE
-        auto = (1.0, "calibrated") if lo <= fitted <= hi else (fitted, "fit")
+        flag = ds.metadata.probe_calibrated
+        auto = physics.auto_probe_gain(fitted, None if flag is None else bool(flag))
         pos = ds.positions
         result = {
             "kind": "dataset", "path": str(path), "format": fmt,
@@ -147,8 +147,8 @@ def describe_dataset(path) -> dict:
             "zero_patterns": int(np.sum(energies == 0)),
             "intensity_scale": scale,
             "probe_gain_fitted": fitted,
-            "probe_gain_auto": {"value": auto[0], "choice": auto[1],
-                                "calibrated_range": [lo, hi]},
+            "probe_gain_auto": {"value": auto[0], "choice": auto[1], "warning": auto[2],
+                                "probe_calibrated": flag},
             "probe": {"shape": _shape(ds.probe), "dtype": str(ds.probe.dtype), "modes": int(probe.shape[0]),
                       "energy": probe_energy, "diameter_px_estimate": _probe_diameter(probe)},
             "positions": {
@@ -326,6 +326,8 @@ def format_text(d: dict) -> str:
         pg = d["probe_gain_auto"]
         L.append(f"probe gain          fitted {d['probe_gain_fitted']:.6g} (Parseval); train --probe-gain auto "
                  f"would use {pg['value']:.6g} ({pg['choice']})")
+        if pg["warning"]:
+            L.append(f"WARNING             {pg['warning']}")
         p = d["probe"]
         L.append(f"probe               {_fmt(p['shape'])} {p['dtype']}, {p['modes']} mode(s), "
                  f"sum |probe|^2 {p['energy']:.6g}, diameter ~{p['diameter_px_estimate']:.3g} px")

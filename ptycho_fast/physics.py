@@ -36,7 +36,7 @@ __all__ = [
     "diffraction_amplitude", "mean_pattern_energy", "intensity_scale", "probe_gain",
     "illuminate", "far_field", "safe_sqrt", "predicted_amplitude", "network_input",
     "poisson_nll", "mae_loss", "LOSSES", "amplitude_loss", "DEFAULT_RATE_FLOOR",
-    "choose_probe_gain", "CALIBRATED_GAIN_RANGE", "PROBE_GAIN_MODES",
+    "choose_probe_gain", "auto_probe_gain", "CALIBRATED_GAIN_RANGE", "PROBE_GAIN_MODES",
 ]
 
 _CHUNK = 1024  # patterns per float64 accumulation block
@@ -233,20 +233,24 @@ def probe_gain(X, probe) -> float:
 
 
 # ----------------------------------------------------------------------------- probe gain choice
-#: fitted gains in this range mean the probe is already calibrated (g = 1 is used): with a
-#: calibrated probe and an object of transmission <= 1, Parseval gives a fitted gain of at
-#: most 1 (a bit less where the object absorbs); an unnormalised probe (e.g. unit energy)
-#: gives a fitted gain of sqrt(counts per pattern), far outside.
+#: the fitted gains a calibrated probe gives: with a transmission <= 1, Parseval gives at
+#: most 1 (a bit less where the object absorbs; simulated data ~0.7-0.97). A file that
+#: says its probe is calibrated but fits outside this range gets a warning.
 CALIBRATED_GAIN_RANGE = (0.25, 1.05)
 PROBE_GAIN_MODES = ("auto", "calibrated", "fit")
 
 
-def choose_probe_gain(X, probe, mode: str | float = "auto") -> tuple[float, str]:
+def choose_probe_gain(X, probe, mode: str | float = "auto",
+                      calibrated: bool | None = None) -> tuple[float, str]:
     """The probe gain to train with, and how it was chosen.
 
     ``mode``: 'calibrated' (g = 1), 'fit' (:func:`probe_gain`, Parseval), a positive
-    number (used as is), or 'auto': 'calibrated' when the fitted gain lies in
-    :data:`CALIBRATED_GAIN_RANGE`, else the fitted gain. Returns ``(g, description)``.
+    number (used as is), or 'auto': g = 1 when the data file says its probe is calibrated
+    (``calibrated``, from the metadata key ``probe_calibrated``), else the fitted gain.
+    Nothing is guessed from the fitted value: a probe mis-scaled by a modest factor fits
+    a plausible-looking gain too. A file that says "calibrated" while the fit lies outside
+    :data:`CALIBRATED_GAIN_RANGE` gets a ``UserWarning`` (g = 1 is still used: the file
+    is trusted, the user told). Returns ``(g, description)``.
     """
     if isinstance(mode, str) and mode not in PROBE_GAIN_MODES:
         try:
@@ -264,7 +268,24 @@ def choose_probe_gain(X, probe, mode: str | float = "auto") -> tuple[float, str]
     fitted = probe_gain(X, probe)
     if mode == "fit":
         return fitted, "fit"
-    lo, hi = CALIBRATED_GAIN_RANGE
-    if lo <= fitted <= hi:
-        return 1.0, f"auto: calibrated (fitted gain {fitted:.4g} within [{lo}, {hi}])"
-    return fitted, f"auto: fit (fitted gain {fitted:.4g} outside [{lo}, {hi}])"
+    g, how, warning = auto_probe_gain(fitted, calibrated)
+    if warning:
+        import warnings
+        warnings.warn(warning, UserWarning, stacklevel=2)
+    return g, how
+
+
+def auto_probe_gain(fitted: float, calibrated: bool | None) -> tuple[float, str, str | None]:
+    """``--probe-gain auto`` given the Parseval fit and the file's ``probe_calibrated``
+    flag: ``(g, description, warning or None)`` (see :func:`choose_probe_gain`)."""
+    if calibrated:
+        lo, hi = CALIBRATED_GAIN_RANGE
+        warning = None
+        if not lo <= fitted <= hi:
+            warning = (f"the data file says its probe is calibrated (probe_calibrated = 1), but the "
+                       f"Parseval fit of the probe gain is {fitted:.4g}, outside [{lo}, {hi}] where a "
+                       "calibrated probe lands: the probe or the counts may be mis-scaled; training "
+                       "uses g = 1 as the file says (--probe-gain fit overrides)")
+        return 1.0, f"auto: calibrated (the data file says so; fitted gain {fitted:.4g})", warning
+    why = "says it is not calibrated" if calibrated is False else "does not say the probe is calibrated"
+    return fitted, f"auto: fit (the data file {why}; fitted gain {fitted:.4g})", None

@@ -436,8 +436,10 @@ def _build_inputs(config: SimulationConfig, seed: int | None) -> _Inputs:
 
 
 def _metadata(config: SimulationConfig) -> Metadata:
+    # the probe is always calibrated to --photons (calibrate_probe): say so in the file, so
+    # that training's --probe-gain auto uses g = 1 without guessing
     return Metadata(photons_per_pattern=float(config.photons), pixel_size_m=config.pixel_size_m,
-                    energy_eV=config.energy_eV, distance_m=config.distance_m)
+                    energy_eV=config.energy_eV, distance_m=config.distance_m, probe_calibrated=1.0)
 
 
 def simulate(config: SimulationConfig | None = None, seed: int | None = None, progress: bool = False,

@@ -393,7 +393,9 @@ def _prepare_data(config: TrainConfig) -> _Data:
     if not (math.isfinite(s) and s > 0):
         raise UserError(f"{config.data}: the diffraction is zero everywhere (intensity scale {s})")
     try:
-        g, how = physics.choose_probe_gain(ds.diffraction, ds.probe, str(config.probe_gain))
+        flag = ds.metadata.probe_calibrated
+        g, how = physics.choose_probe_gain(ds.diffraction, ds.probe, str(config.probe_gain),
+                                           calibrated=None if flag is None else bool(flag))
     except ValueError as exc:
         raise UserError(f"--probe-gain: {exc}") from None
     try:
@@ -780,8 +782,8 @@ def add_cli_arguments(p: argparse.ArgumentParser) -> None:
                    help="skip the gridsize > 1 consistency step")
     m.add_argument("--probe-gain", default=None, metavar="auto|calibrated|fit|G",
                    help=f"probe gain g: calibrated (1), fit (Parseval), a number, or auto (calibrated "
-                        f"when the fitted gain is in {list(physics.CALIBRATED_GAIN_RANGE)}, else fit) "
-                        f"(default: {d.probe_gain})")
+                        "when the data file says its probe is (metadata probe_calibrated = 1, as "
+                        f"'ptycho-fast simulate' writes), else fit) (default: {d.probe_gain})")
     m.add_argument("--train-probe-gain", action="store_true", default=None,
                    help="make the probe gain a trainable parameter (starting from --probe-gain)")
     h = p.add_argument_group("monitoring")

@@ -46,8 +46,10 @@ def test_data_file(files, capsys, name, fmt):
     assert info["n_patterns"] == 16 and info["N"] == 32 and info["gridsize"] is None
     assert info["intensity_scale"] == pytest.approx(physics.intensity_scale(ds.diffraction), rel=1e-12)
     assert info["probe_gain_fitted"] == pytest.approx(physics.probe_gain(ds.diffraction, ds.probe), rel=1e-9)
-    g, _ = physics.choose_probe_gain(ds.diffraction, ds.probe, "auto")
-    assert info["probe_gain_auto"]["value"] == pytest.approx(g)
+    # the simulator's file says its probe is calibrated: auto uses g = 1, as training would
+    g, how = physics.choose_probe_gain(ds.diffraction, ds.probe, "auto", calibrated=True)
+    assert info["probe_gain_auto"]["value"] == g == 1.0 and info["probe_gain_auto"]["choice"] == how
+    assert info["probe_gain_auto"]["probe_calibrated"] == 1.0 and info["probe_gain_auto"]["warning"] is None
     ph = info["photons_per_pattern"]
     assert ph["mean"] == pytest.approx(counts.mean()) and ph["min"] == pytest.approx(counts.min())
     assert ph["max"] == pytest.approx(counts.max()) and ph["mean"] == pytest.approx(1e5, rel=0.05)

@@ -94,14 +94,23 @@ def test_probe_gain_choice():
     N = 8
     probe = np.ones((N, N), np.complex64) / N          # sum |probe|^2 = 1
     X_bright = np.full((4, N, N), 10.0, np.float32)     # 6400 counts per pattern: uncalibrated
+    X_cal = np.full((4, N, N), 0.9 / N, np.float32)     # 0.81 counts: a calibrated probe, |O| = 0.9
+    # auto follows what the file says; it never guesses from the fitted value
+    g, how = physics.choose_probe_gain(X_cal, probe, "auto", calibrated=True)
+    assert g == 1.0 and how.startswith("auto: calibrated") and "0.9" in how
+    for flag, words in ((None, "does not say"), (False, "says it is not")):
+        g, how = physics.choose_probe_gain(X_cal, probe, "auto", calibrated=flag)
+        assert g == pytest.approx(0.9, rel=1e-6) and how.startswith("auto: fit") and words in how
+    # a probe mis-scaled by 1.5 fits a plausible 0.6: still fitted without the flag
+    assert physics.choose_probe_gain(X_cal, probe * 1.5, "auto")[0] == pytest.approx(0.6, rel=1e-6)
     g, how = physics.choose_probe_gain(X_bright, probe, "auto")
     assert g == pytest.approx(80.0) and "fit" in how
-    X_cal = np.full((4, N, N), 0.9 / N, np.float32)     # 0.81 counts: a calibrated probe, |O| = 0.9
-    g, how = physics.choose_probe_gain(X_cal, probe, "auto")
-    assert g == 1.0 and "calibrated" in how
+    # a file that says "calibrated" but fits far outside the calibrated range: g = 1, warned
+    with pytest.warns(UserWarning, match="probe_calibrated = 1.*80"):
+        assert physics.choose_probe_gain(X_bright, probe, "auto", calibrated=True)[0] == 1.0
     assert physics.choose_probe_gain(X_cal, probe, "fit")[0] == pytest.approx(0.9, rel=1e-6)
     assert physics.choose_probe_gain(X_bright, probe, "calibrated") == (1.0, "calibrated")
-    assert physics.choose_probe_gain(X_bright, probe, "2.5") == (2.5, "given")
+    assert physics.choose_probe_gain(X_bright, probe, "2.5", calibrated=True) == (2.5, "given")
     for bad in ("-1", "nope", "0"):
         with pytest.raises(ValueError, match="probe gain"):
             physics.choose_probe_gain(X_bright, probe, bad)

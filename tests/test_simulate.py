@@ -139,6 +139,8 @@ def test_seed_reproduces():
     c = sim.simulate(seed=12, N=N, n_patterns=30)
     np.testing.assert_array_equal(a.diffraction, b.diffraction)
     np.testing.assert_array_equal(a.object, b.object)
+    # the simulator's probe is calibrated to --photons, and both files say so
+    assert a.metadata.probe_calibrated == 1.0 and b.metadata.probe_calibrated == 1.0
     assert not np.array_equal(a.diffraction, c.diffraction)
 
 

@@ -83,8 +83,11 @@ class Metadata:
     pixel_size_m: float | None = None         # object pixel size
     energy_eV: float | None = None            # photon energy
     distance_m: float | None = None           # sample-detector distance
+    #: 1: the probe is in count units (a pattern of a unit-transmission object has
+    #: sum |probe|^2 counts: the simulator's probe), 0: it is not; None: not said
+    probe_calibrated: float | None = None
 
-    KEYS = ("photons_per_pattern", "pixel_size_m", "energy_eV", "distance_m")
+    KEYS = ("photons_per_pattern", "pixel_size_m", "energy_eV", "distance_m", "probe_calibrated")
 
     def to_dict(self) -> dict[str, float]:
         """The known values only."""
@@ -103,6 +106,8 @@ class Metadata:
             value = float(raw.reshape(()))
             if not np.isfinite(value):
                 raise DataError(f"{source}: metadata key '{key}': expected a finite number, got {value}")
+            if key == "probe_calibrated" and value not in (0.0, 1.0):
+                raise DataError(f"{source}: metadata key 'probe_calibrated': expected 0 or 1, got {value:g}")
             out[key] = value
         return cls(**out)
 

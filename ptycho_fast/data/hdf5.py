@@ -3,7 +3,8 @@
 Layout (format_version 1, docs/data.md)::
 
     /                 attrs: format="ptycho_fast.dataset", format_version=1, convention=...,
-                             [photons_per_pattern, pixel_size_m, energy_eV, distance_m]
+                             [photons_per_pattern, pixel_size_m, energy_eV, distance_m,
+                              probe_calibrated]
     /diffraction      (P, N, N) float32 amplitudes sqrt(counts), fftshifted;
                       chunks (min(P, 64), N, N), gzip level 4 + shuffle
     /xcoords /ycoords (P,) float64 probe centres in object pixels (column, row)

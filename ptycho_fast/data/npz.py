@@ -5,7 +5,7 @@ stack is transposed; integer data are counts and become sqrt(counts)), ``probeGu
 (N, N) or (M, N, N) complex, ``xcoords`` (column) and ``ycoords`` (row) probe centres in
 object pixels, optional ``objectGuess`` (H, W) complex, ``scan_index``,
 ``xcoords_start``/``ycoords_start``, and the metadata scalars ``photons_per_pattern``,
-``pixel_size_m``, ``energy_eV``, ``distance_m``. Other keys are ignored.
+``pixel_size_m``, ``energy_eV``, ``distance_m``, ``probe_calibrated``. Other keys are ignored.
 """
 
 from __future__ import annotations
