@@ -275,6 +275,18 @@ def collapse_reason(summary: dict, floor: float) -> str | None:
     return None
 
 
+def amplitude_flat_note(summary: dict, floor: float) -> str | None:
+    """A warning (not a stop) when the predicted amplitude is constant within every patch
+    while the complex values still vary: either a pure-phase object, or a model whose
+    amplitude output collapsed (which the complex-variance guard cannot tell apart)."""
+    amp = summary["amplitude"]["var_zero_mean"]
+    if not (math.isfinite(amp) and amp < floor) or collapse_reason(summary, floor) is not None:
+        return None
+    return (f"the predicted amplitude is constant within every patch (amplitude var_zero_mean {amp:.3g} < "
+            f"{floor:.3g}; mean {summary['amplitude']['mean']:.4g}) while the phase varies: right for a "
+            "pure-phase object, otherwise an amplitude collapse; check amplitude.png")
+
+
 def _record(stats: dict, batch: int) -> dict:
     acc = _StatsAccumulator()
     acc.add(stats)
@@ -311,6 +323,7 @@ class Reconstruction:
     group_offsets: np.ndarray | None = None               # (G, C, 2) member - centroid
     data_intensity_scale: float | None = None              # from the patterns read
     degenerate: str | None = None                         # guard reason (--allow-degenerate)
+    amplitude_flat: str | None = None                     # amplitude_flat_note (a warning)
     canvas_stats: dict = field(default_factory=dict)
 
 
@@ -458,6 +471,9 @@ def reconstruct(dataset, predictor, *, N: int | None = None, gridsize: int = 1,
     if guard:
         _guard(rec, rec.stats, collapse_floor, allow_degenerate, f"over all {rec.stats['n_patches']} patches",
                on_warning, model_intensity_scale)
+        rec.amplitude_flat = amplitude_flat_note(rec.stats, collapse_floor)
+        if rec.amplitude_flat and on_warning is not None:
+            on_warning(rec.amplitude_flat)
     return rec
 
 
@@ -1134,7 +1150,8 @@ def _summary(config, rec: Reconstruction, bundle, model_path, data_path, is_samp
         "collapse_guard": {"floor": config.collapse_floor, "checked": ["first batch", "end"],
                            "statistic": "complex_var_zero_mean = var_zero_mean(real) + var_zero_mean(imag)",
                            "result": "ok" if rec.degenerate is None else rec.degenerate,
-                           "allow_degenerate": config.allow_degenerate},
+                           "allow_degenerate": config.allow_degenerate,
+                           "amplitude_flat": rec.amplitude_flat},
         "files": files,
         "versions": _versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -105,7 +105,7 @@ def test_sample_outputs_are_valid(sample_run):
     assert s["ops"] == "ptycho_fast" and s["window"] == "probe"
     assert set(s["timings_s"]) >= {"network", "stitching", "io", "total"} and s["patterns_per_s"] > 0
     assert s["patch_stats"]["ddof"] == 0 and s["patch_stats"]["var_zero_mean"] > 0
-    assert s["collapse_guard"]["result"] == "ok"
+    assert s["collapse_guard"]["result"] == "ok" and s["collapse_guard"]["amplitude_flat"] is None
     assert s["versions"]["torch"] == torch.__version__
     assert sorted(s["files"]) == sorted(p.name for p in d.iterdir())
 
@@ -330,6 +330,34 @@ def test_guard_fires_on_a_zeroed_model(tmp_path, capsys, small_data, zeroed_mode
     assert code == 0 and "warning" in err and "--allow-degenerate" in err
     summary = json.loads((out / "summary.json").read_text())
     assert summary["collapse_guard"]["result"] != "ok" and summary["collapse_guard"]["allow_degenerate"]
+
+
+def test_a_flat_amplitude_is_a_warning_not_a_stop(small_data):
+    """Constant amplitude with a varying phase (a pure-phase object, or an amplitude
+    collapse the complex-variance guard cannot see) is reported, and the run goes on; a
+    varying amplitude is not reported."""
+    ds = load_dataset(small_data)
+    rng = np.random.default_rng(0)
+
+    def pure_phase(X, offsets, indices):
+        phase = torch.as_tensor(rng.uniform(-1, 1, tuple(X.shape)), dtype=torch.float32)
+        return 0.8 * torch.polar(torch.ones_like(phase), phase)
+
+    seen = []
+    rec = infer.reconstruct(ds, pure_phase, on_warning=seen.append)
+    assert rec.amplitude_flat is not None and "amplitude is constant within every patch" in rec.amplitude_flat
+    assert "mean 0.8" in rec.amplitude_flat and seen == [rec.amplitude_flat] and rec.degenerate is None
+
+    def varying(X, offsets, indices):
+        return pure_phase(X, offsets, indices) * (1 + 0.1 * torch.rand(tuple(X.shape)))
+
+    seen.clear()
+    rec = infer.reconstruct(ds, varying, on_warning=seen.append)
+    assert rec.amplitude_flat is None and seen == []
+    # a fully constant prediction is a stop (the guard), not this warning
+    summary = {"n_patches": 4, "n_nonfinite_patches": 0, "complex_var_zero_mean": 0.0,
+               "amplitude": {"var_zero_mean": 0.0, "mean": 0.5, "max": 0.5}}
+    assert infer.amplitude_flat_note(summary, 1e-10) is None and infer.collapse_reason(summary, 1e-10)
 
 
 def test_bad_options_are_one_line_errors(tmp_path, capsys):
