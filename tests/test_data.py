@@ -145,7 +145,7 @@ def test_ptychodus_reorders_patterns_by_index_and_needs_pixel_size(tmp_path):
         write_ptychodus(ds, tmp_path / "q.h5")
 
 
-def test_hdf5_layout_is_chunked_compressed_and_streams(tmp_path):
+def test_hdf5_layout_is_chunked_compressed_and_streams(tmp_path, monkeypatch):
     ds = make_dataset(P=200)
     write_h5(ds, tmp_path / "a.h5", chunk_patterns=32)
     with h5py.File(tmp_path / "a.h5", "r") as f:
@@ -164,6 +164,20 @@ def test_hdf5_layout_is_chunked_compressed_and_streams(tmp_path):
         np.testing.assert_array_equal(lazy.diffraction[pick], ds.diffraction[pick])
         np.testing.assert_array_equal(lazy.diffraction[5], ds.diffraction[5])
         np.testing.assert_array_equal(lazy.diffraction[10:20:3], ds.diffraction[10:20:3])
+        # index reads, through the covering slice (the defaults: every set here is compact)
+        # and through point selection (covering disabled): unsorted, repeated, negative
+        from ptycho_fast.data import hdf5
+        rng = np.random.default_rng(0)
+        compact = rng.permutation(np.arange(40, 100))[:20]
+        picks = (compact, np.array([199, 0, 120, 0]), np.array([-1, 5, -200]),
+                 np.concatenate([compact, compact[:3]]))
+        for factor, minimum in ((hdf5.COVER_FACTOR, hdf5.COVER_MIN), (0, 0)):
+            monkeypatch.setattr(hdf5, "COVER_FACTOR", factor)
+            monkeypatch.setattr(hdf5, "COVER_MIN", minimum)
+            for pick in picks:
+                np.testing.assert_array_equal(lazy.diffraction[pick], ds.diffraction[pick])
+            for idx, block in lazy.iter_batches(7, indices=compact):
+                np.testing.assert_array_equal(block, ds.diffraction[idx])
         assert physics.intensity_scale(lazy.diffraction) == pytest.approx(physics.intensity_scale(ds.diffraction))
         assert_same(ds, lazy.load())
     assert lazy.diffraction.closed
