@@ -420,3 +420,64 @@ def test_diffraction_amplitude_forward_model():
     t = torch.tensor(patches, requires_grad=True)
     physics.diffraction_amplitude(t, torch.tensor(probe)).sum().backward()
     assert t.grad is not None and t.grad.shape == t.shape
+
+
+# ------------------------------------------------------------------ lazy NPZ (memory-mapped)
+def test_uncompressed_npz_streams_from_a_memory_map(tmp_path):
+    ds = make_dataset(P=50)
+    path = write_npz(ds, tmp_path / "a.npz")                 # np.savez: members stored
+    with load_dataset(path, lazy=True) as lazy:
+        assert lazy.is_lazy and lazy.diffraction.shape == (50, N, N)
+        seen = []
+        for idx, block in lazy.iter_batches(16):
+            assert block.dtype == np.float32
+            np.testing.assert_array_equal(block, ds.diffraction[idx])
+            seen.extend(idx)
+        assert seen == list(range(50))
+        pick = np.array([49, 3, 3, 20])
+        np.testing.assert_array_equal(lazy.diffraction[pick], ds.diffraction[pick])
+        assert_same(ds, lazy.load())
+    assert lazy.diffraction.closed
+    with pytest.raises(DataError, match="closed"):
+        lazy.diffraction[0]
+    # without lazy the same file is read whole, as before
+    assert not load_dataset(path).is_lazy
+
+
+def test_lazy_npz_counts_legacy_stacks_and_compressed_members(tmp_path):
+    ds = make_dataset(P=10)
+    arrays = _npz_arrays(ds)
+    # legacy (N, N, P) stack under its legacy name
+    legacy = dict(arrays)
+    legacy["diff3d"] = np.transpose(legacy.pop("diffraction"), (1, 2, 0))
+    with load_dataset(_save(tmp_path / "legacy.npz", **legacy), lazy=True) as back:
+        assert back.is_lazy and back.diffraction.shape == (10, N, N)
+        np.testing.assert_array_equal(back.diffraction[2:7], ds.diffraction[2:7])
+    # integer counts become amplitudes block by block
+    counts = np.full((10, N, N), 60000, np.uint16)
+    with load_dataset(_save(tmp_path / "counts.npz", **(arrays | {"diffraction": counts})), lazy=True) as back:
+        assert back.is_lazy
+        np.testing.assert_allclose(back.diffraction[:3], np.sqrt(60000.0), rtol=1e-7)
+    # a compressed member cannot be mapped: read whole
+    with open(tmp_path / "z.npz", "wb") as f:
+        np.savez_compressed(f, **arrays)
+    back = load_dataset(tmp_path / "z.npz", lazy=True)
+    assert not back.is_lazy
+    np.testing.assert_array_equal(back.diffraction, ds.diffraction)
+
+
+def test_lazy_npz_checks_each_block_it_reads(tmp_path):
+    ds = make_dataset(P=40)
+    arrays = _npz_arrays(ds)
+    bad = arrays["diffraction"].copy()
+    bad[33, 2, 5] = np.nan
+    with load_dataset(_save(tmp_path / "nan.npz", **(arrays | {"diffraction": bad})), lazy=True) as back:
+        np.testing.assert_array_equal(back.diffraction[:30], ds.diffraction[:30])   # clean rows read fine
+        with pytest.raises(DataError, match="non-finite|NaN"):
+            back.diffraction[30:40]
+    # a truncated file is not mapped (the whole read reports the damage)
+    path = write_npz(ds, tmp_path / "t.npz")
+    data = path.read_bytes()
+    (tmp_path / "cut.npz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError):
+        load_dataset(tmp_path / "cut.npz", lazy=True)

@@ -76,10 +76,11 @@ def detect_format(path: str | os.PathLike) -> str:
 def load_dataset(path: str | os.PathLike, lazy: bool = False, diffraction_path=None,
                  edge_policy: str = "warn") -> PtychoDataset:
     """Read any supported file (see module doc). ``lazy`` keeps the diffraction of our HDF5
-    layout on disk (stream it with ``dataset.iter_batches``; close the dataset after)."""
+    layout, or of an uncompressed NPZ (memory-mapped), on disk (stream it with
+    ``dataset.iter_batches``; close the dataset after)."""
     fmt = detect_format(path)
     if fmt == "npz":
-        return read_npz(path, edge_policy=edge_policy)
+        return read_npz(path, edge_policy=edge_policy, lazy=lazy)
     if fmt == "h5":
         return read_h5(path, lazy=lazy, edge_policy=edge_policy)
     return read_ptychodus(path, diffraction_path=diffraction_path, edge_policy=edge_policy)

@@ -87,16 +87,18 @@ COVER_MIN = 256
 
 
 class LazyDiffraction:
-    """A (P, N, N) diffraction stack left on disk in an open HDF5 file.
+    """A (P, N, N) diffraction stack left on disk: a dataset of an open HDF5 file, or a
+    memory map of an uncompressed NPZ member (``data``; ``file`` is the HDF5 file to close,
+    None for a memory map).
 
     Indexing (``lazy[i]``, ``lazy[a:b]``, ``lazy[index_array]``) and :meth:`iter_batches`
     read only what is asked for, return float32 amplitudes (integer counts become
     sqrt(counts)) and raise :class:`DataError` on NaN/Inf or negative values.
     """
 
-    def __init__(self, file: h5py.File, key: str, source: str, transposed: bool = False):
+    def __init__(self, data, key: str, source: str, transposed: bool = False, file: h5py.File | None = None):
         self._file = file
-        self._data = file[key]
+        self._data = data
         self._key = key
         self._source = source
         self._transposed = transposed  # legacy (N, N, P) on disk
@@ -104,7 +106,8 @@ class LazyDiffraction:
         self.shape = (s[2], s[0], s[1]) if transposed else tuple(s)
         self.ndim = 3
         self.dtype = np.dtype(np.float32)
-        self.chunk_patterns = max(1, (self._data.chunks or (64,))[2 if transposed else 0])
+        chunks = getattr(data, "chunks", None)   # an HDF5 dataset's; None: contiguous / a memory map
+        self.chunk_patterns = max(1, chunks[2 if transposed else 0]) if chunks else 64
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -114,11 +117,17 @@ class LazyDiffraction:
 
     @property
     def closed(self) -> bool:
-        return not bool(self._file.id.valid)
+        if self._file is not None:
+            return not bool(self._file.id.valid)
+        return self._data is None
 
     def close(self) -> None:
-        if not self.closed:
+        if self.closed:
+            return
+        if self._file is not None:
             self._file.close()
+        else:
+            self._data = None  # the memory map is released with its last reference
 
     def _read_rows(self, rows) -> np.ndarray:
         if self.closed:
@@ -127,7 +136,7 @@ class LazyDiffraction:
             if self._transposed:
                 block = np.moveaxis(self._data[:, :, rows], -1, 0)
             else:
-                block = self._data[rows]
+                block = np.asarray(self._data[rows])
         except (OSError, RuntimeError) as exc:
             raise DataError(f"{self._source}: key '{self._key}' cannot be read "
                             f"(truncated or corrupt: {exc})") from None
@@ -318,7 +327,7 @@ def read_h5(path: str | os.PathLike, lazy: bool = False, edge_policy: str = "war
         shape = dset.shape
         transposed = (len(shape) == 3 and shape[0] == shape[1] and shape[2] == len(x) and shape[0] != len(x))
         if lazy:
-            diffraction = LazyDiffraction(f, "diffraction", str(path), transposed)
+            diffraction = LazyDiffraction(f["diffraction"], "diffraction", str(path), transposed, file=f)
         else:
             diffraction = untranspose_legacy_stack(_read(f, "diffraction", path), len(x),
                                                    f"{path}: key 'diffraction'")

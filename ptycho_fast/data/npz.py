@@ -11,6 +11,7 @@ object pixels, optional ``objectGuess`` (H, W) complex, ``scan_index``,
 from __future__ import annotations
 
 import os
+import struct
 import zipfile
 import zlib
 from pathlib import Path
@@ -71,6 +72,39 @@ def _get(npz, path: Path, key: str) -> np.ndarray:
     return value
 
 
+def memmap_member(path: Path, key: str) -> np.memmap | None:
+    """The ``key`` member of an NPZ as a read-only memory map, when it is stored
+    uncompressed (``np.savez``; our ``write_npz``) as a C-ordered array of numbers; else None
+    (a compressed member can only be read whole)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            info = zf.getinfo(key + ".npy")
+        if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:  # compressed / encrypted
+            return None
+        with open(path, "rb") as f:
+            f.seek(info.header_offset)
+            local = f.read(30)  # the member's local header: its name and extra field lengths follow
+            if len(local) < 30 or local[:4] != b"PK\x03\x04":
+                return None
+            name_len, extra_len = struct.unpack("<HH", local[26:30])
+            f.seek(info.header_offset + 30 + name_len + extra_len)
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+            else:
+                return None
+            offset = f.tell()
+    except (KeyError, ValueError, OSError, zipfile.BadZipFile, struct.error):
+        return None
+    if fortran or dtype.hasobject or dtype.kind not in "iufb" or len(shape) != 3:
+        return None
+    if offset + int(np.prod(shape)) * dtype.itemsize > os.path.getsize(path):
+        return None  # truncated: the whole read reports it
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
+
+
 def _vector(arr: np.ndarray, path: Path, key: str) -> np.ndarray:
     if arr.ndim == 2 and 1 in arr.shape:
         arr = arr.reshape(-1)
@@ -80,8 +114,11 @@ def _vector(arr: np.ndarray, path: Path, key: str) -> np.ndarray:
     return arr
 
 
-def read_npz(path: str | os.PathLike, edge_policy: str = "warn") -> PtychoDataset:
-    """Read a PtychoPINN NPZ file into a validated :class:`PtychoDataset`."""
+def read_npz(path: str | os.PathLike, edge_policy: str = "warn", lazy: bool = False) -> PtychoDataset:
+    """Read a PtychoPINN NPZ file into a validated :class:`PtychoDataset`.
+
+    ``lazy``: leave an uncompressed diffraction member on disk (memory-mapped; read and
+    checked block by block, like our lazy HDF5); a compressed one is read whole."""
     path = Path(path)
     with _open(path) as npz:
         keys = set(npz.files)
@@ -97,7 +134,15 @@ def read_npz(path: str | os.PathLike, edge_policy: str = "warn") -> PtychoDatase
         if x.shape != y.shape:
             raise DataError(f"{path}: keys 'xcoords' and 'ycoords' differ in length ({x.size} vs {y.size})")
         positions = coords.positions_from_xy(x, y)
-        diffraction = untranspose_legacy_stack(_get(npz, path, diff_key), len(x), f"{path}: key '{diff_key}'")
+        mapped = memmap_member(path, diff_key) if lazy else None
+        if mapped is not None:
+            from .hdf5 import LazyDiffraction
+            s = mapped.shape
+            transposed = s[0] == s[1] and s[2] == len(x) and s[0] != len(x)   # legacy (N, N, P)
+            diffraction = LazyDiffraction(mapped, diff_key, str(path), transposed)
+        else:
+            diffraction = untranspose_legacy_stack(_get(npz, path, diff_key), len(x),
+                                                   f"{path}: key '{diff_key}'")
         probe = _get(npz, path, "probeGuess")
         obj = _get(npz, path, "objectGuess") if "objectGuess" in keys else None
         scan_index = _vector(_get(npz, path, "scan_index"), path, "scan_index") if "scan_index" in keys else None
