@@ -273,13 +273,14 @@ inline void check_finite_positions(const char* op, const at::Tensor& positions_f
   }
 }
 
-// extract_patches and extract_patches_into around one device's `fill(args, buf, h, w)`,
-// which writes a (B, P, h, w, K) real contiguous buffer: the checks, the buffer (a new
-// tensor, or the caller's `out` seen in kernel layout) and the result's layout, shared by
-// the CPU and CUDA files.
-template <typename Fill>
-at::Tensor extract_patches_with(const Fill& fill, const at::Tensor& canvas,
-                                const at::Tensor& positions, int64_t patch_h, int64_t patch_w) {
+// The extract_patches and extract_patches_into kernels of a device whose
+// `fill(args, buf, h, w)` writes a (B, P, h, w, K) real contiguous buffer: the checks, the
+// buffer (a new tensor, or the caller's `out` seen in kernel layout) and the result's
+// layout, shared by the CPU and CUDA files, which register these instantiations directly:
+//   m.impl("extract_patches", &extract_patches_with<extract_into>);
+template <auto fill>
+at::Tensor extract_patches_with(const at::Tensor& canvas, const at::Tensor& positions,
+                                int64_t patch_h, int64_t patch_w) {
   check_patch_size("extract_patches", patch_h, patch_w);
   const SamplingArgs a = sampling_args("extract_patches", canvas, positions);
   at::Tensor out = at::empty({a.B, a.P, patch_h, patch_w, a.K}, a.canvas.options());
@@ -287,10 +288,9 @@ at::Tensor extract_patches_with(const Fill& fill, const at::Tensor& canvas,
   return unbatched(from_real_channels(out, a.is_complex), a.is_batched);
 }
 
-template <typename Fill>
-void extract_patches_into_with(const Fill& fill, const at::Tensor& canvas,
-                               const at::Tensor& positions, int64_t patch_h, int64_t patch_w,
-                               const at::Tensor& out) {
+template <auto fill>
+void extract_patches_into_with(const at::Tensor& canvas, const at::Tensor& positions,
+                               int64_t patch_h, int64_t patch_w, const at::Tensor& out) {
   check_patch_size("extract_patches", patch_h, patch_w);
   const SamplingArgs a = sampling_args("extract_patches", canvas, positions);
   at::Tensor buf = extract_out_buffer(a, canvas, out, patch_h, patch_w);

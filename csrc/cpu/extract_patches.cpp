@@ -58,21 +58,11 @@ void extract_into(const SamplingArgs& a, at::Tensor& buf, int64_t patch_h, int64
   });
 }
 
-at::Tensor extract_patches_cpu(const at::Tensor& canvas, const at::Tensor& positions,
-                               int64_t patch_h, int64_t patch_w) {
-  return extract_patches_with(extract_into, canvas, positions, patch_h, patch_w);
-}
-
-void extract_patches_into_cpu(const at::Tensor& canvas, const at::Tensor& positions,
-                              int64_t patch_h, int64_t patch_w, const at::Tensor& out) {
-  extract_patches_into_with(extract_into, canvas, positions, patch_h, patch_w, out);
-}
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(ptycho_fast, CPU, m) {
-  m.impl("extract_patches", &extract_patches_cpu);
-  m.impl("extract_patches_into", &extract_patches_into_cpu);
+  m.impl("extract_patches", &extract_patches_with<extract_into>);
+  m.impl("extract_patches_into", &extract_patches_into_with<extract_into>);
 }
 
 }  // namespace ptycho_fast

@@ -63,21 +63,11 @@ void extract_into(const SamplingArgs& a, at::Tensor& buf, int64_t patch_h, int64
   });
 }
 
-at::Tensor extract_patches_cuda(const at::Tensor& canvas, const at::Tensor& positions,
-                                int64_t patch_h, int64_t patch_w) {
-  return extract_patches_with(extract_into, canvas, positions, patch_h, patch_w);
-}
-
-void extract_patches_into_cuda(const at::Tensor& canvas, const at::Tensor& positions,
-                               int64_t patch_h, int64_t patch_w, const at::Tensor& out) {
-  extract_patches_into_with(extract_into, canvas, positions, patch_h, patch_w, out);
-}
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(ptycho_fast, CUDA, m) {
-  m.impl("extract_patches", &extract_patches_cuda);
-  m.impl("extract_patches_into", &extract_patches_into_cuda);
+  m.impl("extract_patches", &extract_patches_with<extract_into>);
+  m.impl("extract_patches_into", &extract_patches_into_with<extract_into>);
 }
 
 }  // namespace ptycho_fast
