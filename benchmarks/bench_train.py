@@ -94,23 +94,17 @@ def _profile(module, case):
     """(profiled step ms, ms inside our ops) per step, from torch.profiler. "Inside our
     ops" is the inclusive CPU time of every outermost profiler event whose name contains
     ``ptycho_fast``: the ``ptycho_fast::*`` kernels, their autograd wrappers and the
-    backward nodes (which call the adjoint kernel), counted once each."""
+    backward nodes (which call the adjoint kernel), counted once each (the end-to-end
+    report's classification, e2e.classify_events)."""
     from torch.profiler import ProfilerActivity, profile
+
+    from e2e import classify_events
     step(module, case)  # warm-up outside the profile
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(PROFILED_STEPS):
             step(module, case)
-    ours = total = 0.0
-    for e in prof.events():
-        parent, nested = e.cpu_parent, False
-        while parent is not None:
-            nested = nested or "ptycho_fast" in parent.name
-            parent = parent.cpu_parent
-        if e.cpu_parent is None:
-            total += e.cpu_time_total
-        if "ptycho_fast" in e.name and not nested:
-            ours += e.cpu_time_total
-    return total / 1e3 / PROFILED_STEPS, ours / 1e3 / PROFILED_STEPS
+    split = classify_events(prof.events())
+    return split["total"] / PROFILED_STEPS, split["ptycho_fast kernels"] / PROFILED_STEPS
 
 
 def _object_big_ms(module, case, repeats):

@@ -620,17 +620,18 @@ def write_outputs(result: EvaluationResult, out_dir) -> dict[str, Path]:
 
 def format_table(result: EvaluationResult) -> str:
     m = result.metrics
-    rows = [("MAE", "mae", "{:.4g}"), ("RMSE", "rmse", "{:.4g}"), ("PSNR (dB)", "psnr", "{:.2f}"),
-            ("SSIM", "ssim", "{:.4f}"), ("FRC 1/2-bit (px)", "frc_half_bit_px", "{:.2f}"),
-            ("FRC 1/2-bit (Nyquist)", "frc_half_bit_nyquist", "{:.3f}"),
-            ("FRC 1/7 (px)", "frc_one_seventh_px", "{:.2f}"), ("FRC mean", "frc_mean", "{:.3f}"),
-            ("FRC deficit to (Nyq.)", "frc_half_bit_low_frequency_deficit_nyquist", "{:.3f}")]
+    # (label, key, format, text for a missing value)
+    rows = [("MAE", "mae", "{:.4g}", "n/a"), ("RMSE", "rmse", "{:.4g}", "n/a"),
+            ("PSNR (dB)", "psnr", "{:.2f}", "n/a"), ("SSIM", "ssim", "{:.4f}", "n/a"),
+            ("FRC 1/2-bit (px)", "frc_half_bit_px", "{:.2f}", "n/a"),
+            ("FRC 1/2-bit (Nyquist)", "frc_half_bit_nyquist", "{:.3f}", "n/a"),
+            ("FRC 1/7 (px)", "frc_one_seventh_px", "{:.2f}", "n/a"), ("FRC mean", "frc_mean", "{:.3f}", "n/a"),
+            ("FRC deficit to (Nyq.)", "frc_half_bit_low_frequency_deficit_nyquist", "{:.3f}", "none")]
     lines = [f"{'':24s}{'amplitude':>12s}{'phase':>12s}"]
-    for label, key, fmt in rows:
+    for label, key, fmt, missing in rows:
         cells = []
         for image in ("amplitude", "phase"):
             v = m.get(f"{image}_{key}")
-            missing = "none" if key.endswith("deficit_nyquist") else "n/a"
             cells.append(missing if v is None else ("inf" if v == math.inf else fmt.format(v)))
         lines.append(f"{label:24s}{cells[0]:>12s}{cells[1]:>12s}")
     return "\n".join(lines)

@@ -131,8 +131,7 @@ def describe_dataset(path) -> dict:
         probe_energy = float(np.sum(np.abs(probe) ** 2))
         scale = math.sqrt(E) / (N / 2)                     # physics.intensity_scale
         fitted = math.sqrt(E / probe_energy)               # physics.probe_gain
-        flag = ds.metadata.probe_calibrated
-        auto = physics.auto_probe_gain(fitted, None if flag is None else bool(flag))
+        auto = physics.auto_probe_gain(fitted, ds.metadata.says_probe_calibrated)
         pos = ds.positions
         result = {
             "kind": "dataset", "path": str(path), "format": fmt,
@@ -148,7 +147,7 @@ def describe_dataset(path) -> dict:
             "intensity_scale": scale,
             "probe_gain_fitted": fitted,
             "probe_gain_auto": {"value": auto[0], "choice": auto[1], "warning": auto[2],
-                                "probe_calibrated": flag},
+                                "probe_calibrated": ds.metadata.probe_calibrated},
             "probe": {"shape": _shape(ds.probe), "dtype": str(ds.probe.dtype), "modes": int(probe.shape[0]),
                       "energy": probe_energy, "diameter_px_estimate": _probe_diameter(probe)},
             "positions": {

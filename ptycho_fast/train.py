@@ -393,9 +393,8 @@ def _prepare_data(config: TrainConfig) -> _Data:
     if not (math.isfinite(s) and s > 0):
         raise UserError(f"{config.data}: the diffraction is zero everywhere (intensity scale {s})")
     try:
-        flag = ds.metadata.probe_calibrated
         g, how = physics.choose_probe_gain(ds.diffraction, ds.probe, str(config.probe_gain),
-                                           calibrated=None if flag is None else bool(flag))
+                                           calibrated=ds.metadata.says_probe_calibrated)
     except ValueError as exc:
         raise UserError(f"--probe-gain: {exc}") from None
     try:

@@ -30,7 +30,7 @@ from .. import coords
 
 __all__ = [
     "UserError", "DataError", "DataWarning", "Metadata", "PtychoDataset", "atomic_output",
-    "as_amplitude", "check_amplitudes", "untranspose_legacy_stack",
+    "as_amplitude", "check_amplitudes", "is_legacy_stack", "untranspose_legacy_stack",
 ]
 
 _CHECK_CHUNK = 1024  # patterns per validation block (bounded temporary memory)
@@ -89,6 +89,11 @@ class Metadata:
 
     KEYS = ("photons_per_pattern", "pixel_size_m", "energy_eV", "distance_m", "probe_calibrated")
 
+    @property
+    def says_probe_calibrated(self) -> bool | None:
+        """``probe_calibrated`` as True / False, or None when the file does not say."""
+        return None if self.probe_calibrated is None else bool(self.probe_calibrated)
+
     def to_dict(self) -> dict[str, float]:
         """The known values only."""
         return {k: float(getattr(self, k)) for k in self.KEYS if getattr(self, k) is not None}
@@ -134,16 +139,21 @@ def check_amplitudes(block: np.ndarray, where: str, first_index: int = 0) -> Non
                         "(diffraction must be sqrt(counts) >= 0)")
 
 
-def untranspose_legacy_stack(diffraction, n_positions: int, where: str):
-    """A legacy (N, N, P) stack becomes (P, N, N); a (P, N, N) stack is returned as is.
+def is_legacy_stack(shape, n_positions: int) -> bool:
+    """Whether a diffraction stack of ``shape`` is a legacy (N, N, P) one: three axes, the
+    first two equal, the last equal to the number of positions and the first not (a
+    (N, N, N) stack with P == N is read as (P, N, N))."""
+    shape = tuple(shape)
+    return len(shape) == 3 and shape[0] == shape[1] and shape[2] == n_positions and shape[0] != n_positions
 
-    A stack is legacy when its first two axes are equal, its last axis equals the number
-    of positions and its first does not (a (N, N, N) stack with P == N is read as (P, N, N)).
-    """
+
+def untranspose_legacy_stack(diffraction, n_positions: int, where: str):
+    """A legacy (N, N, P) stack (:func:`is_legacy_stack`) becomes (P, N, N); a (P, N, N)
+    stack is returned as is."""
     shape = tuple(diffraction.shape)
     if len(shape) != 3:
         raise DataError(f"{where}: expected a (P, N, N) stack of patterns, got shape {shape}")
-    if shape[0] == shape[1] and shape[2] == n_positions and shape[0] != n_positions:
+    if is_legacy_stack(shape, n_positions):
         return np.ascontiguousarray(np.transpose(np.asarray(diffraction), (2, 0, 1)))
     return diffraction
 

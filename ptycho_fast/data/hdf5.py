@@ -29,7 +29,7 @@ import numpy as np
 
 from .. import coords
 from .dataset import (DataError, Metadata, PtychoDataset, as_amplitude, atomic_output,
-                      check_amplitudes, untranspose_legacy_stack)
+                      check_amplitudes, is_legacy_stack, untranspose_legacy_stack)
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "LazyDiffraction", "H5DatasetWriter", "read_h5",
            "write_h5", "is_our_h5"]
@@ -324,10 +324,9 @@ def read_h5(path: str | os.PathLike, lazy: bool = False, edge_policy: str = "war
         dset = _dataset(f, "diffraction", path)
         if dset.dtype.kind not in "iufb":
             raise DataError(f"{path}: key 'diffraction': expected real amplitudes, got {dset.dtype}")
-        shape = dset.shape
-        transposed = (len(shape) == 3 and shape[0] == shape[1] and shape[2] == len(x) and shape[0] != len(x))
         if lazy:
-            diffraction = LazyDiffraction(f["diffraction"], "diffraction", str(path), transposed, file=f)
+            diffraction = LazyDiffraction(dset, "diffraction", str(path),
+                                          is_legacy_stack(dset.shape, len(x)), file=f)
         else:
             diffraction = untranspose_legacy_stack(_read(f, "diffraction", path), len(x),
                                                    f"{path}: key 'diffraction'")

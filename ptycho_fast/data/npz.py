@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from .. import coords
-from .dataset import DataError, Metadata, PtychoDataset, atomic_output, untranspose_legacy_stack
+from .dataset import (DataError, Metadata, PtychoDataset, atomic_output, is_legacy_stack,
+                      untranspose_legacy_stack)
 
 __all__ = ["read_npz", "write_npz", "NPZ_REQUIRED"]
 
@@ -137,9 +138,7 @@ def read_npz(path: str | os.PathLike, edge_policy: str = "warn", lazy: bool = Fa
         mapped = memmap_member(path, diff_key) if lazy else None
         if mapped is not None:
             from .hdf5 import LazyDiffraction
-            s = mapped.shape
-            transposed = s[0] == s[1] and s[2] == len(x) and s[0] != len(x)   # legacy (N, N, P)
-            diffraction = LazyDiffraction(mapped, diff_key, str(path), transposed)
+            diffraction = LazyDiffraction(mapped, diff_key, str(path), is_legacy_stack(mapped.shape, len(x)))
         else:
             diffraction = untranspose_legacy_stack(_get(npz, path, diff_key), len(x),
                                                    f"{path}: key '{diff_key}'")
