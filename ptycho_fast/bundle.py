@@ -23,13 +23,9 @@ into place, so a reader never sees a half-written bundle.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +35,8 @@ import numpy as np
 import torch
 
 from . import physics
-from .data.dataset import UserError
+from .files import UserError, atomic_directory
+from .runtime import package_version
 from .model import NetworkConfig, PtychoPINNNet
 from .object_big import WINDOWS, ObjectBig, make_window
 
@@ -82,14 +79,6 @@ def have_safetensors() -> bool:
     except ImportError:
         return False
     return True
-
-
-def package_version() -> str:
-    try:
-        from importlib.metadata import version
-        return version("ptycho_fast")
-    except Exception:  # run from a checkout, not installed
-        return "unknown (not installed)"
 
 
 def _sha256_file(path: Path) -> str:
@@ -184,39 +173,10 @@ class Bundle:
 
 # ----------------------------------------------------------------------------- saving
 def _atomic_dir(path: Path):
-    """Context: a temporary directory beside ``path``; on success it becomes ``path``
-    (an existing bundle there is replaced), on error it is removed."""
-    @contextlib.contextmanager
-    def manager():
-        parent = path.parent if str(path.parent) else Path(".")
-        if not parent.is_dir():
-            raise BundleError(f"{path}: cannot write the bundle: directory {parent} does not exist")
-        if path.exists() and not path.is_dir():
-            raise BundleError(f"{path}: exists and is not a directory")
-        if path.is_dir() and any(path.iterdir()) and not (path / BUNDLE_JSON).is_file():
-            raise BundleError(f"{path}: exists and is not a model bundle; refusing to replace it")
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent))
-        try:
-            yield tmp
-            os.chmod(tmp, 0o777 & ~_umask())
-            old = None
-            if path.exists():
-                # A non-empty directory cannot be renamed over: move the old one aside first.
-                old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=parent))
-                os.replace(path, old / "bundle")
-            os.replace(tmp, path)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    return manager()
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    """A temporary directory beside ``path`` that becomes ``path`` on success (an existing
+    bundle there is replaced; anything else is refused)."""
+    return atomic_directory(path, may_replace=lambda p: (p / BUNDLE_JSON).is_file(),
+                            what="a model bundle", error=BundleError)
 
 
 def _positive(name: str, value) -> float:

@@ -32,13 +32,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import io
 import json
 import math
-import os
-import platform
 import sys
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -49,10 +45,14 @@ import numpy as np
 import torch
 
 from . import coords, ops as fast_ops, reference
-from .data.dataset import DataWarning, UserError, atomic_output
+from . import figures
+from .data.dataset import DataWarning
+from .files import OutputSet, UserError, atomic_output, jsonable
+from .runtime import check_device_name, resolve_device, versions
 from .object_big import ObjectBig, make_window, ops_backend
 from .progress import Progress
-from .train import DEFAULT_COLLAPSE_FLOOR, EXIT_COLLAPSE
+from .guard import (DEFAULT_COLLAPSE_FLOOR, EXIT_COLLAPSE, PHASE_STATS_BATCHES, STATS_DDOF, CollapseError,
+                    StatsAccumulator, amplitude_flat_note, batch_record, batch_stats, collapse_reason)
 
 __all__ = [
     "InferConfig", "InferResult", "Reconstruction", "CollapseError", "CanvasFrame",
@@ -79,8 +79,6 @@ DEFAULT_BATCH_SIZE = 64
 #: a canvas pixel is covered when its accumulated weight exceeds this fraction of the
 #: largest accumulated weight; uncovered pixels are 0 in the object (never divided)
 COVERAGE_FLOOR = 1e-6
-#: patch statistics are population statistics (ddof = 0), as ops.patch_stats computes them
-STATS_DDOF = 0
 #: predicted patches shown in the debug dump
 DEBUG_PATCHES = 16
 #: a batch's patterns are read as one slice when it spans at most this many times their
@@ -104,15 +102,6 @@ CONVENTION = ("object[row, col] in canvas pixels; canvas pixel [0, 0] is data-fr
               "(row, col) (0, 0 when the data has objectGuess: same frame); positions are probe "
               "centres (row, col) in canvas pixels; a patch centred at (y, x) has top-left "
               "(y - N/2, x - N/2)")
-
-
-class CollapseError(RuntimeError):
-    """The predicted patches are degenerate (non-finite, zero, or constant). ``partial``
-    holds the reconstruction state so far (for the debug dump)."""
-
-    def __init__(self, message: str, partial: "Reconstruction | None" = None):
-        super().__init__(message)
-        self.partial = partial
 
 
 # ----------------------------------------------------------------------------- canvas frame
@@ -156,16 +145,15 @@ def _check_positions_hit(top_left: np.ndarray, shape, N: int, where: str) -> Non
 class _Backend:
     name: str
     stitch: Callable   # (patches, positions, H, W, weights) -> (canvas, weight_map)
-    stats: Callable    # (patches, view) -> PatchStats
+    module: Any        # ptycho_fast.ops or ptycho_fast.reference (its patch_stats)
 
 
 def _backend(name: str) -> _Backend:
     if name == "ptycho_fast":
         return _Backend(name, lambda p, pos, h, w, wt: fast_ops.stitch_patches(p, pos, (h, w), wt),
-                        fast_ops.patch_stats)
+                        fast_ops)
     if name == "reference":
-        return _Backend(name, reference.stitch_patches,
-                        lambda p, view: fast_ops.PatchStats(*reference.patch_stats(p, view)))
+        return _Backend(name, reference.stitch_patches, reference)
     raise UserError(f"--ops: must be one of {', '.join(OPS)}, got {name!r}")
 
 
@@ -188,112 +176,6 @@ class BundlePredictor:
         raw = self.bundle.predict(X, consistency=False)
         patches = raw if self.merge is None else self.merge(raw, offsets.to(raw.device))
         return raw, patches
-
-
-# ----------------------------------------------------------------------------- statistics
-_VIEWS = ("amplitude", "phase", "real", "imag")
-#: phase statistics (an atan2 per pixel: ~5x the cost of the other views) are gathered over
-#: the first PHASE_STATS_BATCHES batches (and every batch logged with --log-patch-stats)
-PHASE_STATS_BATCHES = 4
-
-
-class _StatsAccumulator:
-    """Running statistics over patches from per-patch statistics (float64; Chan's
-    combination of the per-patch means, so no second pass over the data). Each view keeps
-    its own count (phase may be gathered over fewer batches); a patch with a non-finite
-    statistic in any view of its batch is counted in ``n_nonfinite_patches`` and left out."""
-
-    def __init__(self):
-        self.n = 0
-        self.n_nonfinite = 0
-        self.v = {v: {"n": 0, "mean": 0.0, "m2_means": 0.0, "sum_var": 0.0, "min": math.inf,
-                      "max": -math.inf} for v in _VIEWS}
-
-    def add(self, stats: dict) -> None:
-        cols = {v: [getattr(st, f).detach().double().flatten().cpu() for f in ("mean", "var", "min", "max")]
-                for v, st in stats.items()}
-        b = int(cols["amplitude"][0].numel())
-        finite = torch.ones(b, dtype=torch.bool)
-        for v in cols:
-            for t in cols[v]:
-                finite &= torch.isfinite(t)
-        k = int(finite.sum())
-        if k:
-            for v in cols:
-                mean, var, lo, hi = (t[finite] for t in cols[v])
-                acc = self.v[v]
-                n0, total = acc["n"], acc["n"] + k
-                mean_b = float(mean.mean())
-                m2_b = float(((mean - mean_b) ** 2).sum())
-                delta = mean_b - acc["mean"]
-                acc["mean"] += delta * k / total
-                acc["m2_means"] += m2_b + delta * delta * n0 * k / total
-                acc["sum_var"] += float(var.sum())
-                acc["min"] = min(acc["min"], float(lo.min()))
-                acc["max"] = max(acc["max"], float(hi.max()))
-                acc["n"] = total
-        self.n += b
-        self.n_nonfinite += b - k
-
-    def summary(self) -> dict:
-        out: dict[str, Any] = {"n_patches": self.n, "n_nonfinite_patches": self.n_nonfinite,
-                               "ddof": STATS_DDOF}
-        for v in _VIEWS:
-            acc = self.v[v]
-            n = acc["n"]
-            if n == 0:
-                out[v] = {k: math.nan for k in ("mean", "std", "min", "max", "var_zero_mean")}
-                out[v]["n_patches"] = 0
-                continue
-            vzm = acc["sum_var"] / n
-            # population std over every pixel of every patch: the mean within-patch variance
-            # plus the variance of the patch means
-            std = math.sqrt(max(vzm + acc["m2_means"] / n, 0.0))
-            out[v] = {"mean": acc["mean"], "std": std, "min": acc["min"], "max": acc["max"],
-                      "var_zero_mean": vzm, "n_patches": n}
-        out["complex_var_zero_mean"] = out["real"]["var_zero_mean"] + out["imag"]["var_zero_mean"]
-        return out
-
-
-def _batch_stats(backend: _Backend, patches: torch.Tensor, phase: bool = True) -> dict:
-    return {v: backend.stats(patches, v) for v in _VIEWS if phase or v != "phase"}
-
-
-def collapse_reason(summary: dict, floor: float) -> str | None:
-    """Why a patch-statistics summary (:class:`_StatsAccumulator`) is degenerate, or None."""
-    n = summary["n_patches"]
-    if summary["n_nonfinite_patches"]:
-        return (f"{summary['n_nonfinite_patches']} of {n} predicted patches contain non-finite "
-                "values (NaN or Inf)")
-    if not summary["amplitude"]["max"] > 0:
-        return f"the predicted amplitude is zero everywhere (all {n} patches)"
-    var = summary["complex_var_zero_mean"]
-    if not var >= floor:
-        return (f"the predicted patches are constant: their variance (var_zero_mean of the complex "
-                f"values, ddof {STATS_DDOF}) is {var:.3g}, below the floor {floor:.3g} "
-                f"(--collapse-floor); amplitude mean {summary['amplitude']['mean']:.4g}")
-    return None
-
-
-def amplitude_flat_note(summary: dict, floor: float) -> str | None:
-    """A warning (not a stop) when the predicted amplitude is constant within every patch
-    while the complex values still vary: either a pure-phase object, or a model whose
-    amplitude output collapsed (which the complex-variance guard cannot tell apart)."""
-    amp = summary["amplitude"]["var_zero_mean"]
-    if not (math.isfinite(amp) and amp < floor) or collapse_reason(summary, floor) is not None:
-        return None
-    return (f"the predicted amplitude is constant within every patch (amplitude var_zero_mean {amp:.3g} < "
-            f"{floor:.3g}; mean {summary['amplitude']['mean']:.4g}) while the phase varies: right for a "
-            "pure-phase object, otherwise an amplitude collapse; check amplitude.png")
-
-
-def _record(stats: dict, batch: int) -> dict:
-    acc = _StatsAccumulator()
-    acc.add(stats)
-    s = acc.summary()
-    return {"batch": batch, "n_patches": s["n_patches"], "ddof": STATS_DDOF,
-            "complex_var_zero_mean": s["complex_var_zero_mean"],
-            "amplitude": s["amplitude"], "phase": s["phase"]}
 
 
 # ----------------------------------------------------------------------------- reconstruction
@@ -395,7 +277,7 @@ def reconstruct(dataset, predictor, *, N: int | None = None, gridsize: int = 1,
     canvas = torch.zeros((H, W), dtype=torch.complex128, device=device)
     weight = torch.zeros((H, W), dtype=torch.float64, device=device)
     top_left_t = torch.as_tensor(top_left, dtype=torch.float64, device=device)
-    accumulator = _StatsAccumulator()
+    accumulator = StatsAccumulator()
     t = {"read": 0.0, "network": 0.0, "stats": 0.0, "stitching": 0.0}
     energy, energy_n = 0.0, 0
     flat = groups.indices.reshape(-1)
@@ -420,10 +302,10 @@ def reconstruct(dataset, predictor, *, N: int | None = None, gridsize: int = 1,
             patches = patches.reshape(b * C, N, N).to(torch.complex64)
             _sync(device)
             t2 = time.perf_counter()
-            stats = _batch_stats(backend, raw, phase=k < max(PHASE_STATS_BATCHES, stats_limit))
+            stats = batch_stats(raw, phase=k < max(PHASE_STATS_BATCHES, stats_limit), ops=backend.module)
             accumulator.add(stats)
             if k < stats_limit:
-                rec.batch_records.append(_record(stats, k))
+                rec.batch_records.append(batch_record(stats, k))
             if rec.first_patches is None or len(rec.first_patches) < DEBUG_PATCHES:
                 more = raw[:DEBUG_PATCHES].detach().to(torch.complex64).cpu().numpy()
                 rec.first_patches = more if rec.first_patches is None else np.concatenate(
@@ -587,190 +469,7 @@ def _canvas_stats(obj: np.ndarray, covered: np.ndarray) -> dict:
     return out
 
 
-# ----------------------------------------------------------------------------- images
-def _matplotlib():
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        return plt
-    except ImportError:
-        return None
-
-
-def _nice_length(width_px: int) -> int:
-    target = max(width_px / 5.0, 1.0)
-    exp = 10 ** math.floor(math.log10(target))
-    for m in (1, 2, 5, 10):
-        if m * exp >= target * 0.75:
-            return int(m * exp)
-    return int(10 * exp)
-
-
-def _png_bytes_plain(img: np.ndarray) -> bytes:
-    """A grayscale 8-bit PNG with no dependency (used without matplotlib)."""
-    import struct
-    import zlib
-    img = np.asarray(img, dtype=np.float64)
-    finite = np.isfinite(img)
-    lo, hi = (float(img[finite].min()), float(img[finite].max())) if finite.any() else (0.0, 1.0)
-    u8 = np.zeros(img.shape, np.uint8)
-    if hi > lo:
-        u8[finite] = np.clip(255 * (img[finite] - lo) / (hi - lo), 0, 255).astype(np.uint8)
-
-    def chunk(tag, data):
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
-    raw = b"".join(b"\x00" + row.tobytes() for row in u8)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", u8.shape[1], u8.shape[0], 8, 0, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b""))
-
-
-def _object_png(values: np.ndarray, covered: np.ndarray, title: str, label: str, cmap: str,
-                pixel_size_m: float | None = None) -> bytes:
-    """A PNG of ``values`` (uncovered pixels grey), with a colour bar, pixel axes and a
-    scale bar in pixels (and metres when the pixel size is known)."""
-    plt = _matplotlib()
-    shown = np.where(covered, values, np.nan)
-    if plt is None:
-        return _png_bytes_plain(shown)
-    from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
-    H, W = values.shape
-    fig, ax = plt.subplots(figsize=(6.4, 5.6))
-    colours = plt.get_cmap(cmap).with_extremes(bad="0.8")
-    data = np.ma.masked_invalid(shown)
-    kw = {}
-    if covered.any():
-        lo, hi = np.percentile(values[covered], [0.5, 99.5])
-        if hi > lo:
-            kw = {"vmin": lo, "vmax": hi}
-    im = ax.imshow(data, cmap=colours, interpolation="nearest", **kw)
-    fig.colorbar(im, ax=ax, label=label, fraction=0.046, pad=0.04)
-    ax.set_xlabel("column (px)")
-    ax.set_ylabel("row (px)")
-    length = _nice_length(W)
-    bar_label = f"{length} px"
-    if pixel_size_m:
-        metres = length * pixel_size_m
-        bar_label += f" = {metres * 1e6:.3g} µm" if metres >= 1e-6 else f" = {metres * 1e9:.3g} nm"
-    ax.add_artist(AnchoredSizeBar(ax.transData, length, bar_label, "lower right", pad=0.4,
-                                  color="white", frameon=True, size_vertical=max(H / 150, 1),
-                                  label_top=True))
-    ax.artists[-1].patch.set_facecolor("0.2")
-    ax.artists[-1].patch.set_alpha(0.6)
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    return buf.getvalue()
-
-
-def _patch_grid_png(values: np.ndarray, title: str, per_patch: bool, cmap: str, label: str,
-                    names: list[str] | None = None) -> bytes:
-    """A 4 x 4 grid of patches: on one colour scale, or each scaled to its own min..max."""
-    k = len(values)
-    plt = _matplotlib()
-    if per_patch:
-        lo = values.reshape(k, -1).min(axis=1)[:, None, None]
-        hi = values.reshape(k, -1).max(axis=1)[:, None, None]
-        values = np.where(hi > lo, (values - lo) / np.where(hi > lo, hi - lo, 1), 0.0)
-    if plt is None:
-        N = values.shape[-1]
-        side = 4
-        grid = np.full((side * (N + 2), side * (N + 2)), np.nan)
-        for i in range(k):
-            r, c = divmod(i, side)
-            grid[r * (N + 2):r * (N + 2) + N, c * (N + 2):c * (N + 2) + N] = values[i]
-        return _png_bytes_plain(grid)
-    fig, axes = plt.subplots(4, 4, figsize=(7.5, 7.5))
-    finite = values[np.isfinite(values)]
-    vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-    im = None
-    for i, ax in enumerate(axes.flat):
-        ax.set_xticks([])
-        ax.set_yticks([])
-        if i < k:
-            im = ax.imshow(values[i], cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
-            ax.set_title(names[i] if names else f"patch {i}", fontsize=7)
-        else:
-            ax.axis("off")
-    if im is not None:
-        fig.colorbar(im, ax=axes, label=label + (" (per-patch min..max -> 0..1)" if per_patch else ""),
-                     fraction=0.03, pad=0.02)
-    fig.suptitle(title, fontsize=9)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80)
-    plt.close(fig)
-    return buf.getvalue()
-
-
 # ----------------------------------------------------------------------------- writing
-class _OutputSet:
-    """All-or-nothing outputs in one directory: each file is written to a temporary name
-    beside its target; :meth:`commit` renames every one into place (``os.replace``) only
-    after all were written; :meth:`abort` removes the temporaries (and the directory, if
-    this run created it and it is empty)."""
-
-    def __init__(self, directory: Path, created: bool):
-        self.dir = directory
-        self.created = created
-        self.pending: dict[str, Path] = {}
-
-    @contextlib.contextmanager
-    def file(self, name: str):
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=self.dir)
-        os.close(fd)
-        tmp_path = Path(tmp)
-        try:
-            yield tmp_path
-        except BaseException:
-            with contextlib.suppress(OSError):
-                tmp_path.unlink()
-            raise
-        self.pending[name] = tmp_path
-
-    def write_bytes(self, name: str, data: bytes) -> None:
-        with self.file(name) as tmp:
-            with open(tmp, "wb") as f:
-                f.write(data)
-
-    def write_json(self, name: str, obj) -> None:
-        self.write_bytes(name, (json.dumps(_jsonable(obj), indent=2, allow_nan=True) + "\n").encode())
-
-    def commit(self) -> list[str]:
-        mask = os.umask(0)
-        os.umask(mask)
-        for name, tmp in self.pending.items():
-            os.chmod(tmp, 0o666 & ~mask)
-            os.replace(tmp, self.dir / name)
-        names = list(self.pending)
-        self.pending = {}
-        return names
-
-    def abort(self) -> None:
-        for tmp in self.pending.values():
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-        self.pending = {}
-        if self.created:
-            with contextlib.suppress(OSError):
-                self.dir.rmdir()  # only if empty
-
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, (np.floating, np.integer, np.bool_)):
-        return obj.item()
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
 def _write_object_npz(path: Path, rec: Reconstruction) -> None:
     with open(path, "wb") as f:
         np.savez(f, object=rec.object.astype(np.complex64), coverage=rec.coverage.astype(np.float32),
@@ -808,7 +507,7 @@ def write_debug_dump(directory, rec: Reconstruction) -> list[str]:
 
     def put_json(name, obj):
         with atomic_output(directory / name) as tmp:
-            tmp.write_text(json.dumps(_jsonable(obj), indent=2, allow_nan=True) + "\n")
+            tmp.write_text(json.dumps(jsonable(obj), indent=2, allow_nan=True) + "\n")
         written.append(name)
 
     put_json("stats.json", {
@@ -856,7 +555,7 @@ def write_debug_dump(directory, rec: Reconstruction) -> list[str]:
                                           ("phase", np.angle(patches), "viridis", "phase (rad)")):
             for per_patch, suffix in ((False, "raw"), (True, "normalised")):
                 name = f"patches_{view}_{suffix}.png"
-                png = _patch_grid_png(values.astype(np.float64),
+                png = figures.patch_grid_png(values.astype(np.float64),
                                       f"first {len(patches)} predicted patches: {view}, "
                                       + ("per-patch normalised" if per_patch else "raw (one scale)"),
                                       per_patch, cmap, label, names)
@@ -940,8 +639,7 @@ def _validate(config: InferConfig) -> None:
         bad("window", f"must be one of {', '.join(WINDOWS)}, got {config.window!r}")
     if config.ops not in OPS:
         bad("ops", f"must be one of {', '.join(OPS)}, got {config.ops!r}")
-    if config.device not in ("auto", "cpu", "cuda") and not str(config.device).startswith("cuda:"):
-        bad("device", f"must be auto, cpu, cuda or cuda:K, got {config.device!r}")
+    check_device_name(config.device)
     if int(config.patch_stats_limit) < 1:
         bad("patch_stats_limit", f"must be >= 1, got {config.patch_stats_limit}")
     if not (math.isfinite(config.collapse_floor) and config.collapse_floor >= 0):
@@ -956,27 +654,6 @@ def _validate(config: InferConfig) -> None:
         parent = path.parent if str(path.parent) else Path(".")
         if not path.exists() and not parent.is_dir():
             bad(option, f"cannot create {path}: directory {parent} does not exist")
-
-
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise UserError(f"--device {name}: no CUDA device is available (use --device cpu)")
-        dev = torch.device(name)
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise UserError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
-        return dev
-    return torch.device("cpu")
-
-
-def _versions() -> dict:
-    from .bundle import package_version
-    import h5py
-    return {"ptycho_fast": package_version(), "torch": torch.__version__, "numpy": np.__version__,
-            "h5py": h5py.__version__, "python": platform.python_version(),
-            "extension": bool(fast_ops.HAVE_EXTENSION)}
 
 
 def run_infer(config: InferConfig, predictor=None) -> InferResult:
@@ -995,7 +672,7 @@ def run_infer(config: InferConfig, predictor=None) -> InferResult:
 
     is_sample = config.model is None
     model_path, data_path = sample_paths() if is_sample else (Path(config.model), Path(config.data))
-    device = _resolve_device(config.device)
+    device = resolve_device(config.device)
 
     t0 = time.perf_counter()
     bundle = load_bundle(model_path, device=device)
@@ -1032,9 +709,7 @@ def run_infer(config: InferConfig, predictor=None) -> InferResult:
 
     # ---------------------------------------------------------------- outputs
     out = Path(config.out)
-    created = not out.exists()
-    out.mkdir(exist_ok=True)
-    outputs = _OutputSet(out, created)
+    outputs = OutputSet(out)
     t_write = time.perf_counter()
     dataset_name = "ptycho_fast sample" if is_sample else Path(data_path).name
     model_name = "sample model" if is_sample else _model_name(bundle.path)
@@ -1057,10 +732,10 @@ def run_infer(config: InferConfig, predictor=None) -> InferResult:
                                         comments=f"model {bundle.path}; data {data_path}")
         title = f"{dataset_name} — {{what}}\nmodel: {model_name}"
         with outputs.file(AMPLITUDE_PNG) as tmp:
-            tmp.write_bytes(_object_png(np.abs(rec.object), rec.covered, title.format(what="amplitude"),
+            tmp.write_bytes(figures.object_png(np.abs(rec.object), rec.covered, title.format(what="amplitude"),
                                         "amplitude (transmission)", "gray", pixel_size))
         with outputs.file(PHASE_PNG) as tmp:
-            tmp.write_bytes(_object_png(np.angle(rec.object), rec.covered, title.format(what="phase"),
+            tmp.write_bytes(figures.object_png(np.angle(rec.object), rec.covered, title.format(what="phase"),
                                         "phase (rad)", "viridis", pixel_size))
         if config.log_patch_stats:
             outputs.write_json(PATCH_STATS_JSON, {"ddof": STATS_DDOF, "batches": rec.batch_records})
@@ -1115,7 +790,7 @@ def _collapse_outputs(config: InferConfig, rec: Reconstruction, say) -> None:
         with contextlib.suppress(OSError):
             out.mkdir(exist_ok=True)
             with atomic_output(out / PATCH_STATS_JSON) as tmp:
-                tmp.write_text(json.dumps(_jsonable({"ddof": STATS_DDOF, "batches": rec.batch_records,
+                tmp.write_text(json.dumps(jsonable({"ddof": STATS_DDOF, "batches": rec.batch_records,
                                                      "collapsed": True}), indent=2) + "\n")
 
 
@@ -1153,7 +828,7 @@ def _summary(config, rec: Reconstruction, bundle, model_path, data_path, is_samp
                            "allow_degenerate": config.allow_degenerate,
                            "amplitude_flat": rec.amplitude_flat},
         "files": files,
-        "versions": _versions(),
+        "versions": versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 

@@ -43,9 +43,11 @@ import torch
 from torch import nn
 from torch.utils.data.distributed import DistributedSampler
 
-from . import ops, physics
+from . import figures, guard, physics
 from .bundle import RUN_BUNDLE_SUBDIR, dataset_fingerprint, save_bundle
-from .data.dataset import UserError, atomic_output
+from .files import UserError, atomic_output, write_json as _write_json, write_text as _write_text
+from .guard import DEFAULT_COLLAPSE_FLOOR, EXIT_COLLAPSE, CollapseError
+from .runtime import resolve_device
 from .model import AMP_ACTIVATIONS, SUPPORTED_N, NetworkConfig, PtychoPINNNet
 from .object_big import WINDOWS, ObjectBig, make_window
 from .progress import Progress
@@ -65,22 +67,9 @@ CONFIG_JSON = "train_config.json"
 CHECKPOINT_FORMAT = "ptycho_fast.checkpoint"
 CHECKPOINT_VERSION = 1
 
-#: --collapse-floor default. The guard reads the variance of the complex patches,
-#: var_zero_mean(real) + var_zero_mean(imag) = mean over patches of E|z - mean(z)|^2 (0 for
-#: constant patches, whatever their amplitude and phase). A freshly initialised network
-#: gives 3e-6 .. 2e-4 (N = 32..128, width 0.25..2), a trained one 1e-3 .. 1e-1; 1e-10 is a
-#: spread of 1e-5 within every patch, a few float32 steps of a transmission ~1: constant.
-DEFAULT_COLLAPSE_FLOOR = 1e-10
-#: exit code of ``ptycho-fast train`` when the collapse guard (or a non-finite loss) stops it
-EXIT_COLLAPSE = 3
 LR_SCHEDULES = ("cosine", "plateau", "constant")
 COSINE_FINAL_FRACTION = 0.01   # cosine schedule ends at lr * this
 PLATEAU_FACTOR, PLATEAU_PATIENCE = 0.5, 2
-
-
-class CollapseError(RuntimeError):
-    """Training stopped: the predicted patches collapsed (variance below the floor) or a
-    value became non-finite."""
 
 
 @dataclass
@@ -244,26 +233,6 @@ def _all_reduce_sum(dist: _Dist, values: list[float], device) -> list[float]:
     return t.tolist()
 
 
-def _resolve_device(config: TrainConfig, dist: _Dist) -> torch.device:
-    want = config.device
-    if want == "auto":
-        want = "cuda" if torch.cuda.is_available() else "cpu"
-    if want == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError("--device cuda: no CUDA device is available (use --device cpu)")
-        return torch.device("cuda", dist.local_rank % torch.cuda.device_count())
-    return torch.device("cpu")
-
-
-def _write_text(path: Path, text: str) -> None:
-    with atomic_output(path) as tmp:
-        tmp.write_text(text)
-
-
-def _write_json(path: Path, obj) -> None:
-    _write_text(path, json.dumps(obj, indent=2, allow_nan=True) + "\n")
-
-
 def _rng_state(device: torch.device) -> dict:
     np_state = np.random.get_state()
     state = {
@@ -298,61 +267,22 @@ def _make_scheduler(config: TrainConfig, optimizer):
     return None
 
 
-def _patch_record(patches: torch.Tensor, epoch: int, batch: int) -> dict:
-    """Statistics of a batch of predicted complex patches (ops.patch_stats, one pass per
-    view): amplitude, phase, and the complex variance the collapse guard reads."""
-    views = {v: ops.patch_stats(patches, v) for v in ("amplitude", "phase", "real", "imag")}
-
-    def summary(st):
-        return {"var_zero_mean": float(st.var.double().mean()), "mean": float(st.mean.double().mean()),
-                "min": float(st.min.double().min()), "max": float(st.max.double().max())}
-    complex_var = float(views["real"].var.double().mean() + views["imag"].var.double().mean())
-    return {"epoch": epoch, "batch": batch, "n_patches": int(views["amplitude"].mean.numel()),
-            "complex_var_zero_mean": complex_var,
-            "amplitude": summary(views["amplitude"]), "phase": summary(views["phase"])}
+def _patch_record(patches: torch.Tensor, epoch: int, batch: int, floor: float) -> tuple[dict, str | None]:
+    """(log entry, collapse reason or None) of a batch of predicted complex patches: the
+    guard shared with infer and refine (ptycho_fast.guard)."""
+    summary = guard.summarize(patches)
+    record = {"epoch": epoch, "batch": batch, "n_patches": summary["n_patches"],
+              "complex_var_zero_mean": summary["complex_var_zero_mean"],
+              "amplitude": summary["amplitude"], "phase": summary["phase"]}
+    return record, guard.collapse_reason(summary, floor)
 
 
-def _collapse_reason(record: dict, floor: float) -> str | None:
-    values = [record["complex_var_zero_mean"]] + [
-        v for view in ("amplitude", "phase") for v in record[view].values()]
-    if not all(math.isfinite(v) for v in values):
-        return "non-finite values in the predicted patches"
-    var = record["complex_var_zero_mean"]
-    if var < floor:
-        return (f"the predicted patches collapsed to constants: their variance (var_zero_mean of "
-                f"the complex values) is {var:.3g}, below the floor {floor:.3g} (--collapse-floor)")
-    return None
-
-
-def _plot_losses(path: Path, history: list[dict]) -> bool:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("ptycho-fast train: matplotlib is not installed; no loss-curve PNG", file=sys.stderr)
-        return False
-    epochs = [h["epoch"] for h in history]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
-    if any(h["val_loss"] is not None for h in history):
-        ax.plot(epochs, [np.nan if h["val_loss"] is None else h["val_loss"] for h in history],
-                "s-", label="validation")
-    positive = all(h["train_loss"] > 0 for h in history) and all(
-        h["val_loss"] is None or h["val_loss"] > 0 for h in history)
-    if positive:
-        ax.set_yscale("log")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("loss")
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
+def _plot_losses(path: Path, history: list[dict]) -> None:
+    png = figures.loss_curve_png([h["epoch"] for h in history],
+                                 {"train": [h["train_loss"] for h in history],
+                                  "validation": [h["val_loss"] for h in history]})
     with atomic_output(path) as tmp:
-        tmp.write_bytes(buf.getvalue())
-    return True
+        tmp.write_bytes(png)
 
 
 def _csv_text(history: list[dict]) -> str:
@@ -490,7 +420,7 @@ def train(config: TrainConfig, resume: bool = False, explicit: set[str] | None =
             want_cuda = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
             torch.distributed.init_process_group(backend="nccl" if want_cuda else "gloo")
             started_group = True
-        device = _resolve_device(config, dist)
+        device = resolve_device(config.device, dist.local_rank)
         if device.type == "cuda":
             torch.cuda.set_device(device)
         if config.deterministic:
@@ -605,8 +535,7 @@ def _train(config: TrainConfig, dist: _Dist, device: torch.device, run_dir: Path
                 Xb, off = batch(gids)
                 predicted, loss = loss_of(Xb, off)
                 if config.log_patch_stats and k < config.patch_stats_limit:
-                    record = _patch_record(predicted.detach(), epoch + 1, k)
-                    reason = _collapse_reason(record, config.collapse_floor)
+                    record, reason = _patch_record(predicted.detach(), epoch + 1, k, config.collapse_floor)
                     if dist.active:  # every rank stops together
                         flag = torch.tensor([0.0 if reason is None else 1.0], device=device)
                         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)

@@ -20,8 +20,7 @@ from ptycho_fast import simulate as sim
 from ptycho_fast.bundle import load_bundle
 from ptycho_fast.data import save_dataset
 from ptycho_fast.train import (CHECKPOINT, EXIT_COLLAPSE, LOSSES_CSV, LOSSES_JSON, LOSS_CURVE,
-                               PATCH_STATS_JSON, CollapseError, TrainConfig, _collapse_reason,
-                               _patch_record, train)
+                               PATCH_STATS_JSON, CollapseError, TrainConfig, _patch_record, train)
 
 REPO = Path(__file__).resolve().parents[1]
 EPOCHS = 4
@@ -178,13 +177,13 @@ def test_collapse_guard_fails_loudly(data_file, tmp_path, capsys):
 
 def test_collapse_reasons():
     const = torch.full((4, 1, 8, 8), 0.9 * np.exp(0.3j), dtype=torch.complex64)
-    record = _patch_record(const, 1, 0)
+    record, reason = _patch_record(const, 1, 0, 1e-10)
     assert record["complex_var_zero_mean"] < 1e-12
-    assert "collapsed to constants" in _collapse_reason(record, 1e-10)
+    assert "collapsed to constants" in reason
     noisy = const + 0.05 * torch.randn(4, 1, 8, 8, dtype=torch.complex64)
-    assert _collapse_reason(_patch_record(noisy, 1, 0), 1e-10) is None
+    assert _patch_record(noisy, 1, 0, 1e-10)[1] is None
     noisy[0, 0, 0, 0] = float("nan")
-    assert "non-finite" in _collapse_reason(_patch_record(noisy, 1, 0), 1e-10)
+    assert "non-finite" in _patch_record(noisy, 1, 0, 1e-10)[1]
 
 
 def test_other_options_run(data_file, tmp_path):

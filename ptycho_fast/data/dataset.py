@@ -15,18 +15,17 @@ file, the key and what was expected.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
+
 from typing import Any, Iterator, Mapping
 
 import numpy as np
 
-from .. import coords
+from .. import coords, files
+from ..files import UserError
 
 __all__ = [
     "UserError", "DataError", "DataWarning", "Metadata", "PtychoDataset", "atomic_output",
@@ -34,11 +33,6 @@ __all__ = [
 ]
 
 _CHECK_CHUNK = 1024  # patterns per validation block (bounded temporary memory)
-
-
-class UserError(ValueError):
-    """An error caused by the user's input (a file, a key, an option). The CLI reports it as
-    one line ``ptycho-fast: error: ...`` with exit code 2 and no traceback."""
 
 
 class DataError(UserError):
@@ -49,31 +43,9 @@ class DataWarning(UserWarning):
     """Something in a data file is unusual but usable (e.g. patches reaching past the object)."""
 
 
-@contextlib.contextmanager
-def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically
-    (``os.replace``), on any error it is removed: readers never see a half-written file."""
-    path = Path(path)
-    directory = path.parent if str(path.parent) else Path(".")
-    if not directory.is_dir():
-        raise DataError(f"{path}: cannot write: directory {directory} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        os.chmod(tmp_path, 0o666 & ~_umask())
-        os.replace(tmp_path, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp_path.unlink()
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def atomic_output(path: str | os.PathLike):
+    """:func:`ptycho_fast.files.atomic_output` raising :class:`DataError`."""
+    return files.atomic_output(path, error=DataError)
 
 
 @dataclass
