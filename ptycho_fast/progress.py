@@ -1,76 +1,77 @@
-"""A tiny dependency-free progress bar on stderr.
+"""Progress bars on stderr: a thin adapter over ``tqdm``.
 
 Quiet unless stderr is a terminal (logs and CI stay clean) or when ``enabled=False``
-(``--quiet``); redraws at most every ``min_interval`` seconds::
+(``--quiet``); ``enabled=True`` reports to any stream, terminal or not. Redraws at most
+every ``min_interval`` seconds::
 
-    with Progress(total, "simulate") as bar:
+    with Progress(total, "simulate", unit="pat") as bar:
         for block in blocks:
             ...
             bar.update(len(block))
+            bar.desc = f"simulate loss {loss:.4g}"   # shown from the next redraw on
 """
 
 from __future__ import annotations
 
 import sys
-import time
+
+from tqdm import tqdm
 
 __all__ = ["Progress"]
 
 
-def _fmt_time(seconds: float) -> str:
-    seconds = int(round(seconds))
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    return f"{seconds // 60}:{seconds % 60:02d}"
+class _tqdm(tqdm):
+    # No background monitor thread (it only matters for tqdm's dynamic ``miniters``,
+    # which Progress does not use: every update checks ``min_interval`` itself).
+    monitor_interval = 0
 
 
 class Progress:
+    """``total`` items of ``unit``; ``desc`` (settable at any time) prefixes the bar;
+    ``width`` is the bar's width in characters. ``count`` is the number of items so far
+    (counted even when the bar is quiet)."""
+
     def __init__(self, total: int, desc: str = "", enabled: bool | None = None, stream=None,
                  width: int = 28, min_interval: float = 0.1, unit: str = "it"):
-        self.total = max(int(total), 0)
-        self.desc = desc
         self.stream = stream if stream is not None else sys.stderr
-        if enabled is None:
+        if enabled is None:  # the default: only on a terminal
             isatty = getattr(self.stream, "isatty", None)
             enabled = bool(isatty and isatty())
-        self.enabled = enabled
+        self.enabled = bool(enabled)
         self.width = width
         self.min_interval = min_interval
         self.unit = unit
         self.count = 0
-        self._start = time.perf_counter()
-        self._last = 0.0
-        self._drawn = False
+        self._desc = desc
+        self._bar = _tqdm(total=max(int(total), 0), desc=desc or None, file=self.stream,
+                          disable=not self.enabled, mininterval=min_interval, miniters=1,
+                          unit=unit, leave=True, dynamic_ncols=False,
+                          bar_format="{l_bar}{bar:%d}{r_bar}" % int(width))
+
+    @property
+    def total(self) -> int:
+        return self._bar.total
+
+    @total.setter
+    def total(self, value: int) -> None:
+        self._bar.total = max(int(value), 0)
+
+    @property
+    def desc(self) -> str:
+        return self._desc
+
+    @desc.setter
+    def desc(self, value: str) -> None:
+        self._desc = value
+        if self.enabled:
+            self._bar.set_description_str(value or None, refresh=False)
 
     def update(self, n: int = 1) -> None:
         self.count += n
-        if not self.enabled:
-            return
-        now = time.perf_counter()
-        if now - self._last >= self.min_interval or self.count >= self.total:
-            self._last = now
-            self._draw(now)
-
-    def _draw(self, now: float) -> None:
-        elapsed = max(now - self._start, 1e-9)
-        rate = self.count / elapsed
-        frac = min(self.count / self.total, 1.0) if self.total else 1.0
-        filled = int(frac * self.width)
-        bar = "#" * filled + "." * (self.width - filled)
-        eta = (self.total - self.count) / rate if rate > 0 and self.total else 0.0
-        prefix = f"{self.desc} " if self.desc else ""
-        line = (f"\r{prefix}[{bar}] {frac:4.0%} {self.count}/{self.total} "
-                f"{rate:.0f} {self.unit}/s {_fmt_time(elapsed)}<{_fmt_time(eta)}")
-        self.stream.write(line)
-        self.stream.flush()
-        self._drawn = True
+        self._bar.update(n)
 
     def close(self) -> None:
-        if self.enabled and self._drawn:
-            self._draw(time.perf_counter())
-            self.stream.write("\n")
-            self.stream.flush()
-            self._drawn = False
+        self._bar.close()
 
     def __enter__(self) -> "Progress":
         return self
