@@ -2,13 +2,15 @@
 
 Pipeline: an object (H, W) complex transmission, a probe (N, N), probe-centre scan
 positions (P, 2) (row, col) in object pixels -> object patches cut with
-``ops.extract_patches`` at ``coords.centres_to_top_left(centres, N)`` -> the physics
-forward model ``physics.diffraction_amplitude`` -> Poisson noise -> amplitudes sqrt(counts).
+``ops.extract_patches`` at ``coords.centres_to_top_left(centres, N)`` (``--forward
+bilinear``, the models' own extraction) or shifted by a Fourier phase ramp (``--forward
+fourier``: no inverse crime) -> the physics forward model ``physics.diffraction_amplitude``
+-> Poisson noise -> amplitudes sqrt(counts).
 
 The probe is **calibrated**: it is scaled so that the noise-free mean counts per pattern
 equal ``photons`` exactly (Parseval: the total counts of a pattern equal
-``sum |probe * patch|^2`` in real space, so the scale comes from a cheap first pass
-without FFTs). The stored probe is that calibrated probe, so the true object reproduces
+``sum |probe * patch|^2`` in real space, so the scale comes from a cheap first pass over
+the same patches, without the far-field FFTs). The stored probe is that calibrated probe, so the true object reproduces
 the measured counts (probe gain 1).
 
 Random streams are split from one seed (``numpy.random.SeedSequence``): object, scan and
@@ -33,14 +35,17 @@ from .data.dataset import Metadata, PtychoDataset, UserError, atomic_output
 from .progress import Progress
 
 __all__ = [
-    "OBJECT_KINDS", "PROBE_KINDS", "SCAN_KINDS", "SimulationConfig", "make_object", "make_probe",
-    "make_scan", "place_scan", "object_patches", "calibrate_probe", "simulate_diffraction", "simulate",
-    "simulate_to_file", "save_preview", "read_image", "probe_diameter_estimate",
+    "OBJECT_KINDS", "PROBE_KINDS", "SCAN_KINDS", "FORWARD_KINDS", "SimulationConfig", "make_object",
+    "make_probe", "make_scan", "place_scan", "object_patches", "object_patches_fourier", "calibrate_probe",
+    "simulate_diffraction", "simulate", "simulate_to_file", "save_preview", "read_image",
+    "probe_diameter_estimate",
 ]
 
-OBJECT_KINDS = ("lines", "random", "deadleaves", "siemens", "image")
+OBJECT_KINDS = ("lines", "random", "deadleaves", "siemens", "mixed", "image")
 PROBE_KINDS = ("aperture", "gaussian", "file")
 SCAN_KINDS = ("raster", "spiral")
+FORWARD_KINDS = ("bilinear", "fourier")  # how sub-pixel patches are cut (object_patches*)
+FOURIER_MARGIN = 8                       # pixels of object read around each fourier patch
 GOLDEN_ANGLE = math.pi * (3.0 - math.sqrt(5.0))
 
 
@@ -69,6 +74,7 @@ class SimulationConfig:
     energy_eV: float = 8000.0
     distance_m: float = 1.0
     batch_size: int = 256
+    forward: str = "bilinear"            # patch cutting: bilinear (= the models') or fourier
 
     def validate(self) -> "SimulationConfig":
         def bad(option, message):
@@ -108,6 +114,8 @@ class SimulationConfig:
                 bad(name.rsplit("_", 1)[0], f"must be > 0, got {getattr(self, name)}")
         if self.batch_size < 1:
             bad("batch_size", f"must be >= 1, got {self.batch_size}")
+        if self.forward not in FORWARD_KINDS:
+            bad("forward", f"must be one of {', '.join(FORWARD_KINDS)}, got {self.forward!r}")
         return self
 
     @property
@@ -173,6 +181,90 @@ def _siemens_star(shape, spokes: int = 36) -> np.ndarray:
     return _normalise(_blur(star.astype(np.float64), 0.5))
 
 
+def _coverage(i: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Fraction of each unit pixel [i, i+1) covered by the interval [lo, hi): antialiased
+    edges at sub-pixel positions instead of a staircase."""
+    return np.clip(np.minimum(i + 1, hi) - np.maximum(i, lo), 0.0, 1.0)
+
+
+def _fine_lines(shape, rng) -> np.ndarray:
+    """Straight lines 1, 1.5, 2 and 3 px wide at spread-out angles, antialiased, unblurred."""
+    H, W = shape
+    yy, xx = np.mgrid[0:H, 0:W] + 0.5                        # pixel centres
+    img = np.zeros(shape)
+    n = max(6, int(H * W / 1500))
+    for k in range(n):
+        width = (1.0, 1.5, 2.0, 3.0)[k % 4]
+        angle = (k * 0.61803 + 0.1 * rng.random()) * math.pi  # golden-ratio spread of angles
+        half = 0.3 * min(H, W) * (0.6 + 0.4 * rng.random())
+        cy, cx = rng.random(2) * (H, W)
+        uy, ux = math.sin(angle), math.cos(angle)
+        along = np.clip((yy - cy) * uy + (xx - cx) * ux, -half, half)
+        dist = np.hypot(yy - cy - along * uy, xx - cx - along * ux)
+        img = np.maximum(img, np.clip(width / 2 + 0.5 - dist, 0.0, 1.0))
+    return img
+
+
+def _discs(shape, rng) -> np.ndarray:
+    """Filled discs of radii 1 to ~10 px and random grey levels, placed without overlap
+    (largest first), antialiased."""
+    H, W = shape
+    yy, xx = np.mgrid[0:H, 0:W] + 0.5
+    img = np.zeros(shape)
+    placed = []
+    radii = [r for r in (10.0, 6.0, 4.0, 2.5, 1.5, 1.0) if 2 * r + 2 <= min(H, W)]
+    for r in radii * max(1, int(H * W / 3000)):
+        for _ in range(50):                                   # a few tries, then give up
+            cy, cx = r + 1 + rng.random(2) * (H - 2 * r - 2, W - 2 * r - 2)
+            if all(math.hypot(cy - y, cx - x) > r + q + 2 for y, x, q in placed):
+                placed.append((cy, cx, r))
+                disc = np.clip(r + 0.5 - np.hypot(yy - cy, xx - cx), 0.0, 1.0)
+                img = np.maximum(img, (0.4 + 0.6 * rng.random()) * disc)
+                break
+    return img
+
+
+def _bar_target(shape, periods=(8, 6, 4, 3, 2)) -> np.ndarray:
+    """USAF-like resolution target: for each period (px) a group of three vertical and
+    three horizontal bars of width period/2, groups in decreasing period laid out like
+    text (left to right, wrapping) and repeated until the cell is full; a group too big
+    for the cell is left out, so small cells still get the finest periods."""
+    H, W = shape
+    img = np.zeros(shape)
+    gap = 3
+    y, x, line_h = gap, gap, 0
+    i = np.arange(max(H, W), dtype=np.float64)
+    while True:
+        placed = 0
+        for p in periods:
+            size = int(math.ceil(2.5 * p))                    # three bars: 2 periods + a bar
+            if x + 2 * size + gap > W:                        # next line
+                y, x, line_h = y + line_h + gap, gap, 0
+            if y + size > H or x + 2 * size + gap > W:
+                continue
+            bars = sum(_coverage(i[:size], k * p, k * p + p / 2) for k in range(3))
+            img[y:y + size, x:x + size] = bars[None, :]         # vertical bars: vary along columns
+            img[y:y + size, x + size + gap:x + 2 * size + gap] = bars[:, None]  # horizontal bars
+            x, line_h, placed = x + 2 * size + 2 * gap, max(line_h, size), placed + 1
+        if not placed:
+            return img
+
+
+def _mixed(shape, rng) -> np.ndarray:
+    """A realistic test chart: fine lines, a bar target and a Siemens star on top; discs
+    and dead leaves below, in cells of unequal size (no mirror symmetry as a whole)."""
+    H, W = shape
+    r = int(0.45 * H)
+    top = [0, int(0.3 * W), int(0.62 * W), W]
+    bottom = [0, int(0.38 * W), W]
+    img = np.zeros(shape)
+    for (c0, c1), make in zip(zip(top, top[1:]), (lambda s: _fine_lines(s, rng), _bar_target, _siemens_star)):
+        img[:r, c0:c1] = make((r, c1 - c0))
+    img[r:, :bottom[1]] = _discs((H - r, bottom[1]), rng)
+    img[r:, bottom[1]:] = _dead_leaves((H - r, W - bottom[1]), rng)
+    return np.clip(img, 0.0, 1.0)
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """A 2-D real image scaled to [0, 1]: .npy (no pickle) or any format Pillow reads
     (PNG, TIFF, JPEG, ...; colour becomes luminance)."""
@@ -229,7 +321,7 @@ def make_object(kind: str, shape, rng=None, amp_contrast: float = 0.5, phase_max
     else:
         f = {"lines": lambda: _lines(shape, rng), "random": lambda: _random_field(shape, rng),
              "deadleaves": lambda: _dead_leaves(shape, rng),
-             "siemens": lambda: _siemens_star(shape)}.get(kind)
+             "siemens": lambda: _siemens_star(shape), "mixed": lambda: _mixed(shape, rng)}.get(kind)
         if f is None:
             raise UserError(f"--object: must be one of {', '.join(OBJECT_KINDS)}, got {kind!r}")
         f = f()
@@ -355,18 +447,76 @@ def object_patches(obj, centres, N: int) -> torch.Tensor:
     return ops.extract_patches(obj_t, top_left, N)
 
 
-def calibrate_probe(obj, probe, centres, photons: float, batch_size: int = 256) -> np.ndarray:
+def _fourier_shift_axis(x: torch.Tensor, frac: torch.Tensor, dim: int) -> torch.Tensor:
+    """``x`` (P, ...) translated along ``dim`` by ``frac`` (P,) pixels, band-limited: the
+    output at i is the trigonometric interpolant of x at i + frac (bilinear extraction
+    reads i + frac too). The axis is mirror-extended first so that the periodic FFT sees
+    no jump at the window's ends (a jump would ring into the patch)."""
+    L = x.shape[dim]
+    ext = torch.cat([x, x.flip(dim)], dim=dim)
+    k = torch.fft.fftfreq(2 * L, dtype=torch.float64)                   # cycles per pixel
+    # f(x + a) <-> F(k) exp(+2 pi i k a) for torch's forward FFT exp(-2 pi i k x)
+    ramp = torch.exp(2j * math.pi * frac.to(torch.float64)[:, None] * k)   # (P, 2L)
+    ramp[:, L] = torch.cos(math.pi * frac.to(torch.float64))            # Nyquist: +-k average, real
+    shape = [1] * x.dim()
+    shape[0], shape[dim] = len(frac), 2 * L
+    ramp = ramp.reshape(shape).to(x.dtype)
+    shifted = torch.fft.ifft(torch.fft.fft(ext, dim=dim) * ramp, dim=dim)
+    return shifted.narrow(dim, 0, L)
+
+
+def object_patches_fourier(obj, centres, N: int, margin: int = FOURIER_MARGIN) -> torch.Tensor:
+    """Object patches (P, N, N) at ``centres`` like :func:`object_patches`, but translated
+    by the sub-pixel fraction with a Fourier phase ramp instead of bilinear weights, so a
+    reconstruction that extracts bilinearly does not invert the simulator's own model (no
+    "inverse crime"). Each patch's integer window plus ``margin`` pixels per side (zero
+    outside the object, as ``extract_patches`` reads) is shifted, then cropped to N x N.
+    Integer positions give exactly the bilinear patches."""
+    obj_t = torch.as_tensor(obj)
+    if not obj_t.is_complex():
+        obj_t = obj_t.to(torch.complex64)
+    H, W = obj_t.shape
+    top_left = torch.as_tensor(coords.centres_to_top_left(np.asarray(centres, dtype=np.float64), N),
+                               dtype=torch.float64).reshape(-1, 2)
+    base = torch.floor(top_left)
+    frac = top_left - base                                              # in [0, 1), float64 split
+    L = N + 2 * margin
+    offsets = torch.arange(L) - margin
+    rows = base[:, 0, None].long() + offsets                           # (P, L)
+    cols = base[:, 1, None].long() + offsets
+    inside = (((rows >= 0) & (rows < H))[:, :, None] & ((cols >= 0) & (cols < W))[:, None, :])
+    window = obj_t[rows.clamp(0, H - 1)[:, :, None], cols.clamp(0, W - 1)[:, None, :]] * inside
+    # separable: the 2-D ramp exp(2 pi i (ky fy + kx fx)) is a product of 1-D ramps, and
+    # shifting columns first lets the row pass work on N instead of L columns
+    window = _fourier_shift_axis(window, frac[:, 1], dim=2).narrow(2, margin, N)
+    return _fourier_shift_axis(window, frac[:, 0], dim=1).narrow(1, margin, N).contiguous()
+
+
+FORWARD_PATCHES = {"bilinear": object_patches, "fourier": object_patches_fourier}
+
+
+def _patch_function(forward: str):
+    try:
+        return FORWARD_PATCHES[forward]
+    except KeyError:
+        raise UserError(f"--forward: must be one of {', '.join(FORWARD_KINDS)}, got {forward!r}") from None
+
+
+def calibrate_probe(obj, probe, centres, photons: float, batch_size: int = 256,
+                    forward: str = "bilinear") -> np.ndarray:
     """``probe`` scaled so that the noise-free mean counts per pattern over ``centres`` is
     ``photons``. Parseval: a pattern's total counts equal ``sum |probe * patch|^2`` (over
-    modes) in real space, so no FFT is needed."""
+    modes) in real space, so no FFT is needed; the patches are those of ``forward``, the
+    ones the patterns are made from, so the count is exact for either."""
     obj_t = torch.as_tensor(np.asarray(obj, dtype=np.complex64)) if not isinstance(obj, torch.Tensor) else obj
     probe = np.asarray(probe).astype(np.complex64)
     N = probe.shape[-1]
     centres = np.asarray(centres, dtype=np.float64)
     probe_power = torch.as_tensor((np.abs(probe.astype(np.complex128)) ** 2).reshape(-1, N, N).sum(axis=0))
+    cut = _patch_function(forward)
     energy = 0.0
     for start in range(0, len(centres), batch_size):
-        patches = object_patches(obj_t, centres[start:start + batch_size], N)
+        patches = cut(obj_t, centres[start:start + batch_size], N)
         energy += float((patches.abs().double() ** 2 * probe_power).sum())
     if not energy > 0:
         raise UserError("simulate: the probe sees no signal (the object is zero under every position)")
@@ -374,8 +524,11 @@ def calibrate_probe(obj, probe, centres, photons: float, batch_size: int = 256) 
 
 
 def simulate_diffraction(obj, probe, centres, photons: float | None = None, rng=None, noise: bool = True,
-                         batch_size: int = 256, progress: Progress | None = None, sink=None):
-    """Diffraction amplitudes for ``obj`` (H, W) under ``probe`` (N, N)/(M, N, N) at ``centres``.
+                         batch_size: int = 256, progress: Progress | None = None, sink=None,
+                         forward: str = "bilinear"):
+    """Diffraction amplitudes for ``obj`` (H, W) under ``probe`` (N, N)/(M, N, N) at ``centres``,
+    from patches cut by ``forward`` ('bilinear': :func:`object_patches`, 'fourier':
+    :func:`object_patches_fourier`).
 
     ``photons`` set: the probe is first scaled so the noise-free mean counts per pattern is
     ``photons``; None keeps the probe as given. ``noise``: Poisson counts, else the exact
@@ -383,16 +536,17 @@ def simulate_diffraction(obj, probe, centres, photons: float | None = None, rng=
     Returns (amplitudes (P, N, N) float32 or None with a sink, the probe used (complex64)).
     """
     rng = np.random.default_rng(rng)
+    cut = _patch_function(forward)
     obj_t = torch.as_tensor(np.asarray(obj, dtype=np.complex64))
     centres = np.asarray(centres, dtype=np.float64)
     if photons is not None:
-        probe = calibrate_probe(obj_t, probe, centres, photons, batch_size)
+        probe = calibrate_probe(obj_t, probe, centres, photons, batch_size, forward)
     probe = np.asarray(probe).astype(np.complex64)
     N, P = probe.shape[-1], len(centres)
     probe_t = torch.as_tensor(probe)
     out = None if sink is not None else np.empty((P, N, N), np.float32)
     for start in range(0, P, batch_size):
-        patches = object_patches(obj_t, centres[start:start + batch_size], N)
+        patches = cut(obj_t, centres[start:start + batch_size], N)
         amp = physics.diffraction_amplitude(patches, probe_t).numpy()
         if noise:
             counts = rng.poisson(np.square(amp, dtype=np.float64))
@@ -449,7 +603,7 @@ def simulate(config: SimulationConfig | None = None, seed: int | None = None, pr
     inp = _build_inputs(config, seed)
     with Progress(config.n_patterns, "simulate", enabled=None if progress else False, unit="pat") as bar:
         amps, probe = simulate_diffraction(inp.obj, inp.probe, inp.centres, config.photons, inp.noise_rng,
-                                           config.noise, config.batch_size, bar)
+                                           config.noise, config.batch_size, bar, forward=config.forward)
     ds = PtychoDataset(diffraction=amps, positions=inp.centres, probe=probe, object=inp.obj,
                        metadata=_metadata(config), source="<simulated>")
     return ds
@@ -466,14 +620,16 @@ def simulate_to_file(config: SimulationConfig, path, fmt: str = "npz", seed: int
     bar = Progress(config.n_patterns, "simulate", enabled=None if progress else False, unit="pat")
     with bar:
         if fmt == "h5":  # calibrate first (the writer stores the final probe), then stream
-            probe = calibrate_probe(inp.obj, inp.probe, inp.centres, config.photons, config.batch_size)
+            probe = calibrate_probe(inp.obj, inp.probe, inp.centres, config.photons, config.batch_size,
+                                    config.forward)
             with H5DatasetWriter(path, inp.centres, probe, inp.obj, meta) as writer:
                 simulate_diffraction(inp.obj, probe, inp.centres, None, inp.noise_rng, config.noise,
-                                     config.batch_size, bar, sink=writer.write)
+                                     config.batch_size, bar, sink=writer.write, forward=config.forward)
             first = None
         else:
             amps, probe = simulate_diffraction(inp.obj, inp.probe, inp.centres, config.photons,
-                                               inp.noise_rng, config.noise, config.batch_size, bar)
+                                               inp.noise_rng, config.noise, config.batch_size, bar,
+                                               forward=config.forward)
             ds = PtychoDataset(diffraction=amps, positions=inp.centres, probe=probe, object=inp.obj,
                                metadata=meta, source="<simulated>")
             write_npz(ds, path)
@@ -488,7 +644,7 @@ def simulate_to_file(config: SimulationConfig, path, fmt: str = "npz", seed: int
     how = f"step {inp.step:.2f}px" if config.step is not None else f"step {inp.step:.2f}px (overlap {config.overlap:.2f})"
     noise = f"{config.photons:.3g} photons/pattern" + ("" if config.noise else " (no noise)")
     return (f"wrote {path}: {config.n_patterns} patterns N={config.N}, object {H}x{W} ({config.object}), "
-            f"probe {config.probe}, {config.scan} scan {how}, {noise}, seed {inp.seed} "
+            f"probe {config.probe}, {config.scan} scan {how}, {config.forward} forward, {noise}, seed {inp.seed} "
             f"[{time.perf_counter() - t0:.1f} s]")
 
 
@@ -496,7 +652,7 @@ def simulate_to_file(config: SimulationConfig, path, fmt: str = "npz", seed: int
 def save_preview(path, obj, probe, centres, patterns) -> None:
     """PNG of object amplitude, object phase with the scan, probe amplitude, and up to four
     diffraction patterns (log scale). Uses matplotlib when installed, else a plain mosaic
-    (same panels, no labels) written without any dependency. Written atomically."""
+    (same panels, no labels) written with Pillow. Written atomically."""
     path = Path(path)
     probe2 = np.sqrt((np.abs(probe) ** 2).reshape(-1, *probe.shape[-2:]).sum(axis=0))
     patterns = np.asarray(patterns)[:4]
@@ -536,8 +692,7 @@ def _to_u8(img: np.ndarray, size: int) -> np.ndarray:
 
 
 def _save_mosaic(path: Path, obj, probe_amp, centres, patterns, size: int = 192) -> None:
-    import struct
-    import zlib
+    from PIL import Image
     H, W = obj.shape
     phase = np.angle(obj).astype(np.float64)
     scan = np.zeros((H, W))
@@ -551,15 +706,8 @@ def _save_mosaic(path: Path, obj, probe_amp, centres, patterns, size: int = 192)
     gap = np.full((size, 4), 128, np.uint8)
     rows = [np.hstack(sum(([p, gap] for p in panels[i:i + 4]), [])[:-1]) for i in (0, 4)]
     img = np.vstack([rows[0], np.full((4, rows[0].shape[1]), 128, np.uint8), rows[1]])
-
-    def chunk(tag, data):
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
-
-    raw = b"".join(b"\x00" + row.tobytes() for row in img)
-    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", img.shape[1], img.shape[0], 8, 0, 0, 0, 0))
-           + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b""))
-    with atomic_output(path) as tmp:
-        tmp.write_bytes(png)
+    with atomic_output(path) as tmp:  # the temporary's suffix is .tmp: name the format
+        Image.fromarray(img).save(tmp, format="PNG")
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -592,6 +740,10 @@ def add_cli_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--photons", type=float, default=d.photons,
                    help="mean counts per pattern; the probe is calibrated to it (default: %(default)g)")
     g.add_argument("--no-noise", action="store_true", help="exact amplitudes instead of Poisson counts")
+    g.add_argument("--forward", choices=FORWARD_KINDS, default=d.forward,
+                   help="how sub-pixel object patches are cut: bilinear (the models' own extraction) or "
+                        "fourier (phase-ramp shift: no inverse crime for bilinear reconstructions) "
+                        "(default: %(default)s)")
 
     o = p.add_argument_group("object")
     o.add_argument("--object", choices=OBJECT_KINDS, default=None,
@@ -659,7 +811,7 @@ def cli_main(args: argparse.Namespace) -> int:
         object_size=args.object_size, amp_contrast=args.amp_contrast, phase_max=args.phase_max,
         probe=probe_kind, probe_file=args.probe_file, probe_diameter=args.probe_diameter,
         scan=args.scan, step=args.step, overlap=args.overlap, jitter=args.jitter,
-        pixel_size_m=args.pixel_size, energy_eV=args.energy, distance_m=args.distance)
+        pixel_size_m=args.pixel_size, energy_eV=args.energy, distance_m=args.distance, forward=args.forward)
     summary = simulate_to_file(config, args.out, fmt, seed=args.seed, progress=not args.quiet,
                                preview=args.preview)
     if not args.quiet:

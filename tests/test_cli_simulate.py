@@ -68,6 +68,7 @@ def test_defaults_and_help_document_every_option(capsys):
     p = sub.choices["simulate"]
     args = p.parse_args(["--out", "x.npz"])
     assert args.N == 64 and args.n_patterns == 1024 and args.photons == 1e6 and args.seed is None
+    assert args.forward == "bilinear"
     for action in p._actions:
         assert action.help, f"option {action.option_strings} has no help"
         takes_value = action.nargs != 0 and not isinstance(action, argparse._HelpAction)
@@ -79,7 +80,7 @@ def test_defaults_and_help_document_every_option(capsys):
     text = capsys.readouterr().out
     for option in ("--out", "--format", "--seed", "--preview", "--N", "--n-patterns", "--photons",
                    "--object", "--amplitude-image", "--phase-image", "--probe", "--probe-file",
-                   "--scan", "--step", "--overlap", "--jitter", "--quiet"):
+                   "--scan", "--step", "--overlap", "--jitter", "--quiet", "--forward", "mixed"):
         assert option in text
 
 
@@ -95,17 +96,40 @@ def test_image_and_probe_files(tmp_path, capsys):
     assert np.angle(ds.object).max() == 0  # amplitude image only: flat phase
 
 
+def test_forward_fourier_with_mixed_object(tmp_path, capsys):
+    """--forward fourier: same object and scan as bilinear, other patterns, exact photon
+    count; the summary line (the record of the simulation settings) names the forward."""
+    files = {}
+    for forward in ("bilinear", "fourier"):
+        out = tmp_path / f"{forward}.npz"
+        code, stdout, err = run(capsys, "simulate", "--out", str(out), *SMALL, "--object", "mixed",
+                                "--forward", forward, "--no-noise")
+        assert code == 0, err
+        assert f"{forward} forward" in stdout and "(mixed)" in stdout
+        files[forward] = load_dataset(out)
+    a, b = files["fourier"], files["bilinear"]
+    np.testing.assert_array_equal(a.object, b.object)
+    np.testing.assert_array_equal(a.positions, b.positions)
+    assert not np.allclose(a.diffraction, b.diffraction, rtol=1e-3, atol=1e-3)
+    counts = (a.diffraction.astype(np.float64) ** 2).sum(axis=(1, 2)).mean()
+    assert counts == pytest.approx(1e6, rel=1e-5) and a.metadata.photons_per_pattern == 1e6
+
+
 @pytest.mark.parametrize("use_matplotlib", [True, False])
 def test_preview_png(tmp_path, capsys, monkeypatch, use_matplotlib):
     if use_matplotlib:
         pytest.importorskip("matplotlib")
-    else:  # the dependency-free mosaic
+    else:  # the label-less mosaic written with Pillow
         monkeypatch.setitem(sys.modules, "matplotlib", None)
     png = tmp_path / "preview.png"
     code, stdout, err = run(capsys, "simulate", "--out", str(tmp_path / "s.npz"), *SMALL, "--preview", str(png))
     assert code == 0, err
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 1000
     assert "preview" in stdout
+    from PIL import Image
+    with Image.open(png) as im:  # a readable image, not just a PNG signature
+        im.load()
+        assert im.size[0] > 400 and im.size[1] > 200
 
 
 @pytest.mark.parametrize("argv, fragments", [
@@ -115,6 +139,7 @@ def test_preview_png(tmp_path, capsys, monkeypatch, use_matplotlib):
     (["simulate", "--out", "x.npz", "--N", "63"], ["--N", "even"]),
     (["simulate", "--out", "x.npz", "--overlap", "1.2"], ["--overlap"]),
     (["simulate", "--out", "x.npz", "--object", "teapot"], ["--object", "invalid choice"]),
+    (["simulate", "--out", "x.npz", "--forward", "linear"], ["--forward", "invalid choice"]),
     (["simulate", "--out", "x.npz", "--format", "h5"], ["--format h5", ".npz"]),
     (["simulate", "--out", "no/such/dir/x.npz"], ["does not exist"]),
     (["simulate", "--out", "x.npz", "--object", "lines", "--phase-image", "p.png"], ["--object image"]),
@@ -210,7 +235,7 @@ def test_progress_bar():
         for _ in range(5):
             bar.update(2)
     text = stream.getvalue()
-    assert "sim [" in text and "10/10" in text and text.endswith("\n")
+    assert "sim:" in text and "10/10" in text and text.endswith("\n")
     quiet = io.StringIO()  # not a terminal: nothing printed
     with Progress(10, stream=quiet) as bar:
         bar.update(10)

@@ -144,8 +144,10 @@ def test_seed_reproduces():
     assert not np.array_equal(a.diffraction, c.diffraction)
 
 
-def test_npz_and_h5_outputs_are_identical(tmp_path):
-    cfg = sim.SimulationConfig(N=N, n_patterns=40, object="random", probe="gaussian", scan="spiral")
+@pytest.mark.parametrize("forward", sim.FORWARD_KINDS)
+def test_npz_and_h5_outputs_are_identical(tmp_path, forward):
+    cfg = sim.SimulationConfig(N=N, n_patterns=40, object="random", probe="gaussian", scan="spiral",
+                               forward=forward)
     sim.simulate_to_file(cfg, tmp_path / "a.npz", "npz", seed=3, progress=False)
     sim.simulate_to_file(cfg, tmp_path / "a.h5", "h5", seed=3, progress=False)
     a, b = load_dataset(tmp_path / "a.npz"), load_dataset(tmp_path / "a.h5")
@@ -155,14 +157,145 @@ def test_npz_and_h5_outputs_are_identical(tmp_path):
     np.testing.assert_array_equal(a.object, b.object)
 
 
+# ------------------------------------------------------------------ --forward fourier
+def _rel(a, b) -> float:
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def _smooth_object(shape=(128, 128)) -> np.ndarray:
+    """Band-limited and periodic (a few low-frequency cosines): translating the whole object
+    in Fourier space is the exact sub-pixel shift, a reference for both forwards."""
+    rows, cols = np.mgrid[0:shape[0], 0:shape[1]] / np.array(shape)[:, None, None]
+    amp = 1 + 0.3 * np.cos(2 * np.pi * (3 * rows + 2 * cols)) + 0.2 * np.sin(2 * np.pi * (rows - 4 * cols))
+    return (amp * np.exp(0.5j * np.cos(2 * np.pi * 5 * cols))).astype(np.complex64)
+
+
+def _exact_shifted_patches(obj, centres, n):
+    """Patches of the object translated as a whole by each position's fraction (exact for a
+    band-limited periodic object): patch[i, j] = obj(top_left + (i, j))."""
+    spectrum = np.fft.fft2(obj.astype(np.complex128))
+    ky, kx = np.fft.fftfreq(obj.shape[0])[:, None], np.fft.fftfreq(obj.shape[1])[None, :]
+    out = []
+    for top_left in centres - n / 2:
+        base = np.floor(top_left).astype(int)
+        fy, fx = top_left - base
+        moved = np.fft.ifft2(spectrum * np.exp(2j * np.pi * (ky * fy + kx * fx)))
+        out.append(moved[base[0]:base[0] + n, base[1]:base[1] + n])
+    return np.array(out)
+
+
+def test_fourier_patches_equal_bilinear_at_integer_positions():
+    obj = f_object()
+    # the last centre's patch sticks out of the object: both read zeros there
+    centres = np.vstack([CENTRES, [[10.0, 12.0]]])
+    fourier = sim.object_patches_fourier(obj, centres, N).numpy()
+    bilinear = sim.object_patches(obj, centres, N).numpy()
+    np.testing.assert_allclose(fourier, bilinear, atol=2e-6)
+    assert np.abs(fourier[-1][:6, :4]).max() < 2e-6  # rows/cols -6.. and -4.. are outside
+
+
+def test_fourier_patches_smooth_object_agree_sharp_object_differ():
+    rng = np.random.default_rng(0)
+    centres = 40 + rng.random((30, 2)) * 48          # fractional everywhere
+    smooth = _smooth_object()
+    fourier = sim.object_patches_fourier(smooth, centres, N).numpy()
+    bilinear = sim.object_patches(smooth, centres, N).numpy()
+    exact = _exact_shifted_patches(smooth, centres, N)
+    assert _rel(fourier, bilinear) < 1e-2                 # band-limited: nearly the same ...
+    assert np.abs(fourier - exact).max() < 1e-3           # ... and fourier is the exact shift
+    assert np.abs(bilinear - exact).max() > 3 * np.abs(fourier - exact).max()
+    # a sharp object: bilinear blurs edges the band-limited shift keeps -> a clear residual
+    sharp = sim.make_object("mixed", (160, 160), np.random.default_rng(1))
+    centres = 30 + rng.random((30, 2)) * 100
+    residual = _rel(sim.object_patches_fourier(sharp, centres, N).numpy() - 1,
+                    sim.object_patches(sharp, centres, N).numpy() - 1)
+    assert residual > 0.03
+
+
+def test_fourier_shift_moves_the_content_like_bilinear_extraction():
+    """An asymmetric object at (+0.25, +0.5) px: the fourier patch must be the bilinear patch
+    at the same position, not at the mirrored one (a flipped ramp sign would give that)."""
+    from scipy.ndimage import gaussian_filter
+    obj = f_object()
+    obj = (gaussian_filter(obj.real, 1.5) + 1j * gaussian_filter(obj.imag, 1.5)).astype(np.complex64)
+    shift = np.array([0.25, 0.5])
+    fourier = sim.object_patches_fourier(obj, CENTRES + shift, N).numpy()
+    same = _rel(fourier, sim.object_patches(obj, CENTRES + shift, N).numpy())
+    mirrored = _rel(fourier, sim.object_patches(obj, CENTRES - shift, N).numpy())
+    unshifted = _rel(fourier, sim.object_patches(obj, CENTRES, N).numpy())
+    assert same < 0.02 and same < 0.2 * mirrored and same < 0.3 * unshifted, (same, mirrored, unshifted)
+    # one axis at a time: a row-only and a column-only shift, so a swapped axis fails too
+    for axis_shift in ([0.5, 0.0], [0.0, 0.5]):
+        fourier = sim.object_patches_fourier(obj, CENTRES + axis_shift, N).numpy()
+        same = _rel(fourier, sim.object_patches(obj, CENTRES + axis_shift, N).numpy())
+        swapped = _rel(fourier, sim.object_patches(obj, CENTRES + axis_shift[::-1], N).numpy())
+        assert same < 0.2 * swapped, (axis_shift, same, swapped)
+
+
+def test_fourier_forward_keeps_the_photon_count_exact():
+    photons, P = 2e4, 150
+    kw = dict(seed=4, N=N, n_patterns=P, photons=photons, noise=False, object="mixed")
+    fourier = sim.simulate(forward="fourier", **kw)
+    bilinear = sim.simulate(**kw)
+    counts = (fourier.diffraction.astype(np.float64) ** 2).sum(axis=(1, 2))
+    assert counts.mean() == pytest.approx(photons, rel=1e-5)
+    # same object and scan, other patterns (the probe scale differs a little with the patches)
+    np.testing.assert_array_equal(fourier.object, bilinear.object)
+    np.testing.assert_array_equal(fourier.positions, bilinear.positions)
+    assert 1e-3 < _rel(fourier.diffraction, bilinear.diffraction) < 0.3
+    # Parseval on the patches themselves: the calibration is that of the fourier patches
+    probe = sim.calibrate_probe(fourier.object, sim.make_probe("aperture", N), fourier.positions, photons,
+                                forward="fourier")
+    patches = sim.object_patches_fourier(fourier.object, fourier.positions, N).numpy()
+    assert (np.abs(probe.astype(np.complex128) * patches) ** 2).sum() / P == pytest.approx(photons, rel=1e-5)
+
+
 # ------------------------------------------------------------------ building blocks
-@pytest.mark.parametrize("kind", ["lines", "random", "deadleaves", "siemens"])
+@pytest.mark.parametrize("kind", ["lines", "random", "deadleaves", "siemens", "mixed"])
 def test_objects(kind):
     obj = sim.make_object(kind, (70, 90), np.random.default_rng(0), amp_contrast=0.4, phase_max=1.0)
     assert obj.shape == (70, 90) and obj.dtype == np.complex64
     amp, phase = np.abs(obj), np.angle(obj)
     assert amp.max() <= 1 + 1e-6 and amp.min() >= 0.6 - 1e-6 and amp.std() > 0.01
     assert phase.min() >= -1e-6 and phase.max() <= 1 + 1e-6
+
+
+def _feature_map(kind, shape, seed):
+    """The feature map f in [0, 1] of an object kind: amplitude = 1 - f with contrast 1."""
+    obj = sim.make_object(kind, shape, np.random.default_rng(seed), amp_contrast=1.0, phase_max=1.0)
+    return 1.0 - np.abs(obj).astype(np.float64)
+
+
+def _energy_above(f, frequency):
+    """Fraction of the spectral energy of f (mean removed) above ``frequency`` cycles/pixel."""
+    power = np.abs(np.fft.fft2(f - f.mean())) ** 2
+    k = np.hypot(np.fft.fftfreq(f.shape[0])[:, None], np.fft.fftfreq(f.shape[1])[None, :])
+    return power[k > frequency].sum() / power.sum()
+
+
+@pytest.mark.parametrize("shape", [(512, 512), (64, 64), (64, 300), (200, 96)])
+def test_mixed_object(shape):
+    f = _feature_map("mixed", shape, 3)
+    assert f.shape == shape
+    assert f.min() >= -1e-6 and f.max() <= 1 + 1e-6 and f.std() > 0.15
+    np.testing.assert_array_equal(f, _feature_map("mixed", shape, 3))      # deterministic per seed
+    assert np.abs(f - _feature_map("mixed", shape, 4)).mean() > 0.02       # and the seed matters
+    # no mirror symmetry of the whole map (a centred star or bar chart alone would have some)
+    flips = [f[::-1], f[:, ::-1], f[::-1, ::-1]] + ([f.T] if shape[0] == shape[1] else [])
+    for flipped in flips:
+        assert np.abs(f - flipped).mean() > 0.1
+    # sharp: a good share of the energy above 0.2 cycles/pixel (a smooth blob has ~none)
+    assert _energy_above(f, 0.2) > 0.05
+
+
+def test_mixed_object_has_the_fine_structure_a_blob_lacks():
+    """The high-frequency test above would fail for a smooth map: check it does."""
+    assert _energy_above(_feature_map("random", (512, 512), 3), 0.2) < 0.01
+    f = _feature_map("mixed", (512, 512), 3)
+    assert _energy_above(f, 0.2) > 5 * _energy_above(_feature_map("random", (512, 512), 3), 0.2) + 0.05
+    # the bar target reaches the 2-pixel period: 0/1 columns alternating somewhere in the map
+    rows_with_period_2 = ((np.abs(np.diff(f, axis=1)) > 0.9).sum(axis=1) >= 2)
+    assert rows_with_period_2.any()
 
 
 def test_image_object(tmp_path):
@@ -225,6 +358,7 @@ def test_scans():
 def test_config_errors_name_the_option():
     for change, option in [({"photons": -1}, "--photons"), ({"overlap": 1.0}, "--overlap"),
                            ({"N": 33}, "--N"), ({"object": "image"}, "--object"),
-                           ({"probe": "file"}, "--probe"), ({"n_patterns": 0}, "--n-patterns")]:
+                           ({"probe": "file"}, "--probe"), ({"n_patterns": 0}, "--n-patterns"),
+                           ({"forward": "linear"}, "--forward")]:
         with pytest.raises(UserError, match=option):
             sim.simulate(**change)
