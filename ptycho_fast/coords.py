@@ -25,13 +25,14 @@ on numpy arrays and torch tensors alike and keep the input's type and float dtyp
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 __all__ = [
     "centres_to_top_left", "top_left_to_centres", "positions_from_xy", "xy_from_positions",
-    "pixels_to_metres", "metres_to_pixels",
+    "pixels_to_metres", "metres_to_pixels", "CanvasFrame", "canvas_frame",
 ]
 
 
@@ -107,3 +108,24 @@ def metres_to_pixels(x_m, y_m, object_shape, pixel_size_m, centre_m=(0.0, 0.0)) 
     col = (np.asarray(x_m, dtype=np.float64) - cx) / dx + w / 2.0
     row = (np.asarray(y_m, dtype=np.float64) - cy) / dy + h / 2.0
     return positions_from_xy(col, row)
+
+
+@dataclass
+class CanvasFrame:
+    """``shape`` (H, W) of the canvas; ``origin`` (row, col): the data-frame coordinates of
+    canvas pixel [0, 0]; ``source``: 'objectGuess' or 'scan extent'."""
+    shape: tuple[int, int]
+    origin: np.ndarray
+    source: str
+
+
+def canvas_frame(positions: np.ndarray, N: int, object_shape=None) -> CanvasFrame:
+    """The object pixel frame of the data: ``objectGuess``'s shape and origin when known,
+    else the scan's extent (every patch, plus the pixel bilinear interpolation reaches)."""
+    if object_shape is not None:
+        H, W = (int(s) for s in object_shape[-2:])
+        return CanvasFrame((H, W), np.zeros(2), "objectGuess")
+    top_left = centres_to_top_left(np.asarray(positions, dtype=np.float64), N)
+    origin = np.floor(top_left.min(axis=0))
+    extent = np.ceil(top_left.max(axis=0) - origin).astype(np.int64) + N
+    return CanvasFrame((int(extent[0]), int(extent[1])), origin, "scan extent")

@@ -45,7 +45,10 @@ import numpy as np
 import torch
 
 from . import coords, ops as fast_ops, reference
-from . import figures
+from . import figures, result_files
+from .coords import CanvasFrame, canvas_frame
+from .result_files import (AMPLITUDE_PNG, OBJECT_H5, OBJECT_NPZ, OBJECT_FORMAT, PHASE_PNG,  # noqa: F401
+                           PTYCHODUS_PRODUCT, SUMMARY_JSON)
 from .data.dataset import DataWarning
 from .files import OutputSet, UserError, atomic_output, jsonable
 from .runtime import check_device_name, resolve_device, versions
@@ -88,42 +91,8 @@ SPAN_MIN = 256
 #: warn when this data's intensity scale differs from the model's by more than this factor
 SCALE_WARN_FACTOR = 2.0
 
-OBJECT_NPZ = "object.npz"
-OBJECT_H5 = "object.h5"
-PTYCHODUS_PRODUCT = "object_ptychodus.h5"
-AMPLITUDE_PNG = "amplitude.png"
-PHASE_PNG = "phase.png"
-SUMMARY_JSON = "summary.json"
 PATCH_STATS_JSON = "patch_stats.json"
 SUMMARY_FORMAT = "ptycho_fast.inference_summary"
-OBJECT_FORMAT = "ptycho_fast.inference_object"
-FORMAT_VERSION = 1
-CONVENTION = ("object[row, col] in canvas pixels; canvas pixel [0, 0] is data-frame pixel origin "
-              "(row, col) (0, 0 when the data has objectGuess: same frame); positions are probe "
-              "centres (row, col) in canvas pixels; a patch centred at (y, x) has top-left "
-              "(y - N/2, x - N/2)")
-
-
-# ----------------------------------------------------------------------------- canvas frame
-@dataclass
-class CanvasFrame:
-    """``shape`` (H, W) of the canvas; ``origin`` (row, col): the data-frame coordinates of
-    canvas pixel [0, 0]; ``source``: 'objectGuess' or 'scan extent'."""
-    shape: tuple[int, int]
-    origin: np.ndarray
-    source: str
-
-
-def canvas_frame(positions: np.ndarray, N: int, object_shape=None) -> CanvasFrame:
-    """The object pixel frame of the data: ``objectGuess``'s shape and origin when known,
-    else the scan's extent (every patch, plus the pixel bilinear interpolation reaches)."""
-    if object_shape is not None:
-        H, W = (int(s) for s in object_shape[-2:])
-        return CanvasFrame((H, W), np.zeros(2), "objectGuess")
-    top_left = coords.centres_to_top_left(np.asarray(positions, dtype=np.float64), N)
-    origin = np.floor(top_left.min(axis=0))
-    extent = np.ceil(top_left.max(axis=0) - origin).astype(np.int64) + N
-    return CanvasFrame((int(extent[0]), int(extent[1])), origin, "scan extent")
 
 
 def _check_positions_hit(top_left: np.ndarray, shape, N: int, where: str) -> None:
@@ -470,31 +439,9 @@ def _canvas_stats(obj: np.ndarray, covered: np.ndarray) -> dict:
 
 
 # ----------------------------------------------------------------------------- writing
-def _write_object_npz(path: Path, rec: Reconstruction) -> None:
-    with open(path, "wb") as f:
-        np.savez(f, object=rec.object.astype(np.complex64), coverage=rec.coverage.astype(np.float32),
-                 covered=rec.covered, positions=rec.positions.astype(np.float64),
-                 origin=np.asarray(rec.frame.origin, dtype=np.float64),
-                 coverage_floor=np.float64(rec.coverage_floor))
-
-
-def _write_object_h5(path: Path, rec: Reconstruction, attrs: dict) -> None:
-    import h5py
-    with h5py.File(path, "w") as f:
-        f.attrs["format"] = OBJECT_FORMAT
-        f.attrs["format_version"] = FORMAT_VERSION
-        f.attrs["convention"] = CONVENTION
-        for k, v in attrs.items():
-            f.attrs[k] = v
-        d = f.create_dataset("object", data=rec.object.astype(np.complex64), chunks=True, compression="gzip")
-        d.attrs["units"] = "complex transmission"
-        f.create_dataset("coverage", data=rec.coverage.astype(np.float32), chunks=True,
-                         compression="gzip").attrs["units"] = "accumulated window weight"
-        f.create_dataset("covered", data=rec.covered, chunks=True, compression="gzip")
-        f.create_dataset("positions", data=rec.positions.astype(np.float64)).attrs["units"] = \
-            "probe centres (row, col), canvas pixels"
-        f.create_dataset("origin", data=np.asarray(rec.frame.origin, dtype=np.float64)).attrs["units"] = \
-            "data-frame (row, col) of canvas pixel [0, 0]"
+def _object_arrays(rec: Reconstruction) -> result_files.ObjectArrays:
+    return result_files.ObjectArrays(rec.object, rec.coverage, rec.covered, rec.positions, rec.frame.origin,
+                                     rec.coverage_floor)
 
 
 # ----------------------------------------------------------------------------- debug dump
@@ -715,14 +662,15 @@ def run_infer(config: InferConfig, predictor=None) -> InferResult:
     model_name = "sample model" if is_sample else _model_name(bundle.path)
     files = []
     try:
+        arrays = _object_arrays(rec)
         with outputs.file(OBJECT_NPZ) as tmp:
-            _write_object_npz(tmp, rec)
+            result_files.write_object_npz(tmp, arrays)
         attrs = {"model": str(bundle.path), "data": str(data_path),
                  "intensity_scale": bundle.intensity_scale, "probe_gain": bundle.probe_gain,
                  "window": config.window, "ops": config.ops, "canvas_frame": rec.frame.source}
         if "h5" in config.formats:
             with outputs.file(OBJECT_H5) as tmp:
-                _write_object_h5(tmp, rec, attrs)
+                result_files.write_object_h5(tmp, arrays, attrs)
         if "ptychodus" in config.formats:
             from .data import write_ptychodus_product
             with outputs.file(PTYCHODUS_PRODUCT) as tmp:
@@ -730,13 +678,8 @@ def run_infer(config: InferConfig, predictor=None) -> InferResult:
                 write_ptychodus_product(tmp, rec.positions, probe, rec.object, pixel_size, metadata,
                                         name=f"ptycho_fast infer: {dataset_name}",
                                         comments=f"model {bundle.path}; data {data_path}")
-        title = f"{dataset_name} — {{what}}\nmodel: {model_name}"
-        with outputs.file(AMPLITUDE_PNG) as tmp:
-            tmp.write_bytes(figures.object_png(np.abs(rec.object), rec.covered, title.format(what="amplitude"),
-                                        "amplitude (transmission)", "gray", pixel_size))
-        with outputs.file(PHASE_PNG) as tmp:
-            tmp.write_bytes(figures.object_png(np.angle(rec.object), rec.covered, title.format(what="phase"),
-                                        "phase (rad)", "viridis", pixel_size))
+        result_files.write_object_images(outputs, arrays, f"{dataset_name} — {{what}}\nmodel: {model_name}",
+                                         pixel_size)
         if config.log_patch_stats:
             outputs.write_json(PATCH_STATS_JSON, {"ddof": STATS_DDOF, "batches": rec.batch_records})
         write_seconds = time.perf_counter() - t_write
@@ -800,7 +743,7 @@ def _summary(config, rec: Reconstruction, bundle, model_path, data_path, is_samp
     io_time = load_time + t["read"] + write_time
     n = rec.n_patterns
     return {
-        "format": SUMMARY_FORMAT, "format_version": FORMAT_VERSION,
+        "format": SUMMARY_FORMAT, "format_version": result_files.FORMAT_VERSION,
         "model": str(bundle.path), "data": str(data_path), "sample": is_sample,
         "intensity_scale": bundle.intensity_scale, "probe_gain": bundle.probe_gain,
         "scalars_from": "the model bundle (bundle.json); never recomputed from this data",

@@ -281,11 +281,11 @@ def test_output_directory_is_a_file(tmp_path, capsys, small_data):
 
 @pytest.mark.parametrize("existing", [False, True])
 def test_full_disk_leaves_nothing_behind(tmp_path, capsys, small_data, monkeypatch, existing):
-    def full(path, rec, attrs):
+    def full(path, arrays, attrs):
         with open(path, "wb") as f:
             f.write(b"\x89HDF partial")
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
-    monkeypatch.setattr(infer, "_write_object_h5", full)
+    monkeypatch.setattr(infer.result_files, "write_object_h5", full)
     out = tmp_path / "out"
     previous = {"object.npz": b"old result", "summary.json": b'{"old": true}'}
     if existing:                           # results of an earlier run stay as they were
