@@ -47,7 +47,7 @@ from . import figures, guard, physics
 from .bundle import RUN_BUNDLE_SUBDIR, dataset_fingerprint, save_bundle
 from .files import UserError, atomic_output, write_json as _write_json, write_text as _write_text
 from .guard import DEFAULT_COLLAPSE_FLOOR, EXIT_COLLAPSE, CollapseError
-from .runtime import resolve_device
+from .runtime import Dist, deterministic_algorithms, process_group, resolve_device
 from .model import AMP_ACTIVATIONS, SUPPORTED_N, NetworkConfig, PtychoPINNNet
 from .object_big import WINDOWS, ObjectBig, make_window
 from .progress import Progress
@@ -203,36 +203,6 @@ class PINNTrainingModule(nn.Module):
 
 
 # ----------------------------------------------------------------------------- helpers
-@dataclass
-class _Dist:
-    world: int = 1
-    rank: int = 0
-    local_rank: int = 0
-
-    @property
-    def active(self) -> bool:
-        return self.world > 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def _dist_from_env() -> _Dist:
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    if world <= 1:
-        return _Dist()
-    return _Dist(world, int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0")))
-
-
-def _all_reduce_sum(dist: _Dist, values: list[float], device) -> list[float]:
-    if not dist.active:
-        return values
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    torch.distributed.all_reduce(t)
-    return t.tolist()
-
-
 def _rng_state(device: torch.device) -> dict:
     np_state = np.random.get_state()
     state = {
@@ -394,7 +364,7 @@ def train(config: TrainConfig, resume: bool = False, explicit: set[str] | None =
     the collapse guard trips."""
     config = dataclasses.replace(config)
     config.validate()
-    dist = _dist_from_env()
+    dist = Dist.from_env()
     run_dir = Path(config.out)
     ckpt_path = run_dir / CHECKPOINT
     ckpt = None
@@ -413,29 +383,15 @@ def train(config: TrainConfig, resume: bool = False, explicit: set[str] | None =
     if not run_dir.parent.is_dir():
         raise UserError(f"--out {run_dir}: directory {run_dir.parent} does not exist")
 
-    previous_deterministic = torch.are_deterministic_algorithms_enabled()
-    started_group = False
-    try:
-        if dist.active and not torch.distributed.is_initialized():
-            want_cuda = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
-            torch.distributed.init_process_group(backend="nccl" if want_cuda else "gloo")
-            started_group = True
+    with process_group(dist, config.device):
         device = resolve_device(config.device, dist.local_rank)
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        if config.deterministic:
-            if device.type == "cuda":
-                os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-                torch.backends.cudnn.benchmark = False
-            torch.use_deterministic_algorithms(True)
-        return _train(config, dist, device, run_dir, ckpt)
-    finally:
-        torch.use_deterministic_algorithms(previous_deterministic)
-        if started_group:
-            torch.distributed.destroy_process_group()
+        with deterministic_algorithms(config.deterministic, device):
+            return _train(config, dist, device, run_dir, ckpt)
 
 
-def _train(config: TrainConfig, dist: _Dist, device: torch.device, run_dir: Path,
+def _train(config: TrainConfig, dist: Dist, device: torch.device, run_dir: Path,
            ckpt: dict | None) -> TrainResult:
     log = (lambda *a: print(*a, flush=True)) if (dist.main and not config.quiet) else (lambda *a: None)
     data = _prepare_data(config)
@@ -558,7 +514,7 @@ def _train(config: TrainConfig, dist: _Dist, device: torch.device, run_dir: Path
                 bar.desc = f"{desc} loss {value:.4g}"
                 bar.update(B * C)
         train_seconds = time.perf_counter() - t0
-        train_loss = _all_reduce_sum(dist, [loss_sum], device)[0] / max(steps * dist.world, 1)
+        train_loss = dist.all_reduce_sum([loss_sum], device)[0] / max(steps * dist.world, 1)
         val_loss = _validate(module, data, val_ids, indices, X, offsets, s, b, config, device, dist)
         seconds = time.perf_counter() - t0
         lr_used = optimizer.param_groups[0]["lr"]
@@ -618,7 +574,7 @@ def _validate(module, data: _Data, val_ids, indices, X, offsets, s, b, config, d
         _, amplitude = module(physics.network_input(Xb, s), offsets[gids.to(device)])
         total += float(physics.amplitude_loss(config.loss, amplitude, Xb, config.rate_floor, reduction="sum"))
         count += Xb.numel()
-    total, count = _all_reduce_sum(dist, [total, float(count)], device)
+    total, count = dist.all_reduce_sum([total, float(count)], device)
     module.train()
     return total / count
 
@@ -747,7 +703,7 @@ def cli_main(args: argparse.Namespace) -> int:
     except CollapseError as exc:
         print(f"ptycho-fast: error: {exc}", file=sys.stderr)
         return EXIT_COLLAPSE
-    if not config.quiet and result.finished and result.history and _dist_from_env().main:
+    if not config.quiet and result.finished and result.history and Dist.from_env().main:
         first, last = result.history[0]["train_loss"], result.history[-1]["train_loss"]
         print(f"done: {result.epochs_done} epochs, train loss {first:.4g} -> {last:.4g}; "
               f"bundle {result.bundle_dir}")
