@@ -30,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "simulate": "ptycho_fast.simulate",
     "train": "ptycho_fast.train",
     "infer": "ptycho_fast.infer",
+    "refine": "ptycho_fast.refine_cli",
     "evaluate": "ptycho_fast.evaluate",
     "compare": "ptycho_fast.compare",
     "info": "ptycho_fast.info",

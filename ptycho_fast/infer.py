@@ -74,8 +74,7 @@ DEFAULT_OUT = "ptycho_fast_out"
 #: stitching windows: |probe|^2, the central N/2 x N/2 mask (object_big's 'central'), ones
 WINDOWS = ("probe", "mask", "ones")
 _WINDOW_KIND = {"probe": "probe", "mask": "central", "ones": "ones"}
-FORMATS = ("npz", "h5", "ptychodus")
-DEFAULT_FORMATS = ("npz", "h5")
+FORMATS, DEFAULT_FORMATS = result_files.FORMATS, result_files.DEFAULT_FORMATS
 OPS = ("ptycho_fast", "reference")
 #: groups per network call
 DEFAULT_BATCH_SIZE = 64
@@ -92,6 +91,8 @@ SPAN_MIN = 256
 SCALE_WARN_FACTOR = 2.0
 
 PATCH_STATS_JSON = "patch_stats.json"
+#: where --refine K writes the refined result, inside DIR
+REFINED_DIR = "refined"
 SUMMARY_FORMAT = "ptycho_fast.inference_summary"
 
 
@@ -532,6 +533,7 @@ class InferConfig:
     collapse_floor: float = DEFAULT_COLLAPSE_FLOOR
     allow_degenerate: bool = False
     quiet: bool = False
+    refine: int = 0          # refinement epochs on the network's image (0: none)
 
 
 @dataclass
@@ -541,6 +543,7 @@ class InferResult:
     files: list[str]
     summary: dict
     line: str
+    refined: Any = None      # the refine engine after --refine K (its outputs in out/refined)
 
 
 def sample_paths() -> tuple[Path, Path]:
@@ -551,25 +554,6 @@ def sample_paths() -> tuple[Path, Path]:
                         "regenerate it with 'python scripts/make_sample.py', or pass --model RUN "
                         "and --data FILE")
     return SAMPLE_MODEL, SAMPLE_DATA
-
-
-def _parse_formats(values) -> tuple[str, ...]:
-    if not values:
-        return DEFAULT_FORMATS
-    out = []
-    for v in values:
-        for item in str(v).split(","):
-            item = item.strip()
-            if not item:
-                continue
-            if item not in FORMATS:
-                raise UserError(f"--format: must be a comma-separated list of {', '.join(FORMATS)}, "
-                                f"got {item!r}")
-            if item not in out:
-                out.append(item)
-    if "npz" not in out:
-        out.insert(0, "npz")  # object.npz is always written
-    return tuple(out)
 
 
 def _validate(config: InferConfig) -> None:
@@ -587,6 +571,8 @@ def _validate(config: InferConfig) -> None:
     if config.ops not in OPS:
         bad("ops", f"must be one of {', '.join(OPS)}, got {config.ops!r}")
     check_device_name(config.device)
+    if int(config.refine) < 0:
+        bad("refine", f"must be a number of epochs >= 0, got {config.refine}")
     if int(config.patch_stats_limit) < 1:
         bad("patch_stats_limit", f"must be >= 1, got {config.patch_stats_limit}")
     if not (math.isfinite(config.collapse_floor) and config.collapse_floor >= 0):
@@ -610,7 +596,7 @@ def run_infer(config: InferConfig, predictor=None) -> InferResult:
     from .bundle import load_bundle
     from .data import load_dataset
     t_start = time.perf_counter()
-    config = dataclasses.replace(config, formats=_parse_formats(config.formats))
+    config = dataclasses.replace(config, formats=result_files.parse_formats(config.formats))
     _validate(config)
     say = (lambda *a: None) if config.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
 
@@ -703,7 +689,37 @@ def run_infer(config: InferConfig, predictor=None) -> InferResult:
             f"into a {rec.frame.shape[0]} x {rec.frame.shape[1]} object in {total:.1f} s "
             f"({rec.n_patterns / total:.0f} patterns/s); images: {out / AMPLITUDE_PNG}, "
             f"{out / PHASE_PNG}")
-    return InferResult(reconstruction=rec, out=out, files=files, summary=summary, line=line)
+    refined = None
+    if config.refine:
+        refined = _refine_network_image(config, rec, data_path, device, dataset_name)
+        s = refined.state
+        line += (f"\nrefined it for {s.epoch} epochs ({s.elapsed:.1f} s, final loss {s.history[-1]['loss']:.4g} "
+                 f"per pixel): {out / REFINED_DIR / AMPLITUDE_PNG}, {out / REFINED_DIR / PHASE_PNG}")
+    return InferResult(reconstruction=rec, out=out, files=files, summary=summary, line=line, refined=refined)
+
+
+def _refine_network_image(config: InferConfig, rec: Reconstruction, data_path, device, dataset_name: str):
+    """``--refine K``: K epochs of the refine engine (its default recipe) from the network's
+    image, in the same canvas; written to DIR/refined/ (the same files as ``refine``)."""
+    from .data import load_dataset
+    from .refine import Refiner, RefineOptions
+    from .refine_output import write_refinement
+    with load_dataset(data_path, lazy=True) as dataset:
+        data = dataset if rec.n_patterns == dataset.n_patterns else dataset.subset(np.arange(rec.n_patterns))
+        start = np.where(rec.covered, rec.object, np.complex64(1.0))   # uncovered pixels start flat
+        refiner = Refiner(data, RefineOptions(epochs=int(config.refine), seed=config.seed), init_object=start,
+                          frame=rec.frame, device=device, ops=config.ops)
+        bar = Progress(int(config.refine), "refine", enabled=False if config.quiet else None, unit="epoch")
+        with bar:
+            refiner.run(lambda record: bar.update(1))
+        reason = refiner.health(config.collapse_floor)
+        if reason is not None and not config.allow_degenerate:
+            raise CollapseError(f"the refined object is degenerate: {reason}; pass --allow-degenerate to "
+                                "write it anyway")
+        write_refinement(Path(config.out) / REFINED_DIR, refiner, data, data_path=data_path,
+                         init=f"the network's image ({Path(config.out) / OBJECT_NPZ})", formats=config.formats,
+                         title=f"{dataset_name} — network + refine")
+    return refiner
 
 
 def _model_name(path: Path | None) -> str:
@@ -821,6 +837,9 @@ def add_cli_arguments(p: argparse.ArgumentParser) -> None:
                         "plain-PyTorch ops of ptycho_fast.reference (parity checks) (default: %(default)s)")
     r.add_argument("--seed", type=int, default=d.seed,
                    help="seed of the neighbour grouping for gridsize > 1 models (default: %(default)s)")
+    r.add_argument("--refine", type=int, default=d.refine, metavar="K",
+                   help="then refine the network's image for K epochs with the physics engine (ptycho-fast "
+                        f"refine's recipe) and write that result into DIR/{REFINED_DIR}/ too (default: 0, none)")
     m = p.add_argument_group("monitoring")
     m.add_argument("--debug-dump", metavar="DIR2", default=None,
                    help="also write stats.json, offsets.json, canvas.json and PNG grids of the first "
@@ -843,7 +862,7 @@ def config_from_args(args: argparse.Namespace) -> InferConfig:
                        formats=tuple(args.format or ()), ops=args.ops, seed=args.seed,
                        debug_dump=args.debug_dump, log_patch_stats=args.log_patch_stats,
                        patch_stats_limit=args.patch_stats_limit, collapse_floor=args.collapse_floor,
-                       allow_degenerate=args.allow_degenerate, quiet=args.quiet)
+                       allow_degenerate=args.allow_degenerate, quiet=args.quiet, refine=args.refine)
 
 
 def cli_main(args: argparse.Namespace) -> int:

@@ -20,12 +20,12 @@ from pathlib import Path
 import numpy as np
 
 from . import figures
-from .files import OutputSet
+from .files import OutputSet, UserError
 
 __all__ = [
     "OBJECT_NPZ", "OBJECT_H5", "PTYCHODUS_PRODUCT", "AMPLITUDE_PNG", "PHASE_PNG", "SUMMARY_JSON",
     "OBJECT_FORMAT", "FORMAT_VERSION", "CONVENTION", "ObjectArrays", "write_object_npz",
-    "write_object_h5", "write_object_images",
+    "write_object_h5", "write_object_images", "FORMATS", "DEFAULT_FORMATS", "parse_formats",
 ]
 
 OBJECT_NPZ = "object.npz"
@@ -34,6 +34,8 @@ PTYCHODUS_PRODUCT = "object_ptychodus.h5"
 AMPLITUDE_PNG = "amplitude.png"
 PHASE_PNG = "phase.png"
 SUMMARY_JSON = "summary.json"
+FORMATS = ("npz", "h5", "ptychodus")
+DEFAULT_FORMATS = ("npz", "h5")
 OBJECT_FORMAT = "ptycho_fast.inference_object"
 FORMAT_VERSION = 1
 CONVENTION = ("object[row, col] in canvas pixels; canvas pixel [0, 0] is data-frame pixel origin "
@@ -89,3 +91,24 @@ def write_object_images(outputs: OutputSet, arrays: ObjectArrays, title: str, pi
     with outputs.file(PHASE_PNG) as tmp:
         tmp.write_bytes(figures.object_png(np.angle(arrays.object), arrays.covered, title.format(what="phase"),
                                            "phase (rad)", "viridis", pixel_size_m))
+
+
+def parse_formats(values) -> tuple[str, ...]:
+    """``--format`` values (repeated or comma-separated) -> the formats to write;
+    ``object.npz`` is always written."""
+    if not values:
+        return DEFAULT_FORMATS
+    out = []
+    for v in values:
+        for item in str(v).split(","):
+            item = item.strip()
+            if not item:
+                continue
+            if item not in FORMATS:
+                raise UserError(f"--format: must be a comma-separated list of {', '.join(FORMATS)}, "
+                                f"got {item!r}")
+            if item not in out:
+                out.append(item)
+    if "npz" not in out:
+        out.insert(0, "npz")  # object.npz is always written
+    return tuple(out)
