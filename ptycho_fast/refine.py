@@ -90,9 +90,10 @@ class RefineOptions:
     step: float = 1.0                    # object step: fraction of the full projection step
     final_step: float = 0.04             # the cosine schedule ends at step * final_step
     momentum: float = 0.7
-    restart: bool = True
-    phase_boost: float = 0.0
-    boost_sigma: float = 0.25
+    coarse_phase_every: int = 10         # epochs between coarse phase fits (0: never)
+    coarse_phase_grid: int = 16          # the smooth phase's control points per axis
+    coarse_phase_iters: int = 15         # L-BFGS iterations per fit
+    coarse_phase_patterns: int = 400     # patterns (evenly spread) the fit reads
     illumination_reg: float = 0.1
     refine_probe: bool = False
     probe_start: int = 5                 # first epoch (1-based) that updates the probe
@@ -127,6 +128,13 @@ class RefineOptions:
             bad("momentum", f"must be in [0, 1), got {self.momentum}")
         if not (math.isfinite(self.illumination_reg) and self.illumination_reg > 0):
             bad("illumination_reg", f"must be a number > 0, got {self.illumination_reg}")
+        for name in ("coarse_phase_every", "coarse_phase_iters"):
+            if int(getattr(self, name)) < 0:
+                bad(name, f"must be >= 0, got {getattr(self, name)}")
+        if not 2 <= int(self.coarse_phase_grid) <= 256:
+            bad("coarse_phase_grid", f"must be between 2 and 256, got {self.coarse_phase_grid}")
+        if int(self.coarse_phase_patterns) < 1:
+            bad("coarse_phase_patterns", f"must be >= 1, got {self.coarse_phase_patterns}")
         if self.probe_modes is not None and not 1 <= int(self.probe_modes) <= 16:
             bad("probe_modes", f"must be between 1 and 16, got {self.probe_modes}")
         for name in ("probe_start", "positions_start"):
@@ -430,20 +438,15 @@ class Refiner:
         with torch.no_grad():
             if not bool(torch.isfinite(torch.view_as_real(s.object)).all()):
                 raise _Diverge("the object became non-finite")
-            if o.phase_boost > 0:
-                s.object = s.object * torch.exp(1j * o.phase_boost * _smooth_phase_change(
-                    s.anchor, s.object, o.boost_sigma * self.N))
             if o.momentum > 0:
-                delta = s.object - s.anchor
-                # adaptive restart: an epoch that moved against the velocity means the
-                # momentum overshot; drop it (O'Donoghue & Candes' gradient restart)
-                if o.restart and float((_coarse(s.velocity) * _coarse(delta)).sum()) < 0:
-                    s.velocity.zero_()
-                s.velocity = o.momentum * s.velocity + delta
+                s.velocity = o.momentum * s.velocity + (s.object - s.anchor)
                 s.object = s.object + o.momentum * s.velocity
                 s.anchor = s.object.clone()
             if probe_on:
                 s.probe = _orthogonal_modes(s.probe)
+        if o.coarse_phase_every and epoch % o.coarse_phase_every == 0:
+            self._coarse_phase_fit()
+        with torch.no_grad():
             rms = None
             if o.refine_positions:
                 if positions_on:   # the mean correction is a global translation: remove it
@@ -457,6 +460,50 @@ class Refiner:
         record = EpochRecord(epoch, loss, step, seconds, s.elapsed, rms, probe_on, halvings)
         s.history.append(dataclasses.asdict(record))
         return record
+
+    def _coarse_phase_fit(self) -> None:
+        """Multiply the object by ``exp(i phi)``, ``phi`` a smooth phase (bicubic over a
+        ``coarse_phase_grid``^2 grid of control points) fitted by L-BFGS to the loss over
+        ``coarse_phase_patterns`` evenly spread patterns: a coarse-grid correction of the
+        slow phase variations the pixel-wise steps take hundreds of epochs to find (their
+        curvature is tiny: a smooth phase only tilts the exit waves slightly)."""
+        s, o = self.state, self.options
+        H, W = self.frame.shape
+        G = int(o.coarse_phase_grid)
+        stride = max(1, self.P // max(int(o.coarse_phase_patterns), 1))
+        chosen = torch.arange(0, self.P, stride)[:o.coarse_phase_patterns]
+        idx = chosen[self.dist.rank::self.dist.world]          # this process's share
+        n_all = len(chosen)
+        base = s.object.detach()
+        phi = torch.zeros((1, 1, G, G), dtype=torch.float32, device=self.device, requires_grad=True)
+        lbfgs = torch.optim.LBFGS([phi], lr=1, max_iter=int(o.coarse_phase_iters), history_size=10,
+                                  line_search_fn="strong_wolfe")
+        X = self._patterns(idx) if len(idx) <= 4096 else None
+
+        def upsampled():
+            return torch.nn.functional.interpolate(phi, size=(H, W), mode="bicubic", align_corners=True)[0, 0]
+
+        def closure():
+            lbfgs.zero_grad()
+            obj = base * torch.exp(1j * upsampled())
+            leaf = obj.detach().requires_grad_(True)
+            total = torch.zeros((), dtype=torch.float64, device=self.device)
+            for k in range(0, len(idx), 512):
+                b = idx[k:k + 512]
+                Xb = X[k:k + 512] if X is not None else self._patterns(b)
+                loss = self.batch_loss(leaf, s.probe, s.top_left[b.to(self.device)], Xb) / (n_all * self.N ** 2)
+                loss.backward()
+                total += loss.detach().double()
+            obj.backward(leaf.grad)
+            self.dist.all_reduce_(total, phi.grad)
+            return total
+
+        lbfgs.step(closure)
+        with torch.no_grad():
+            if bool(torch.isfinite(phi).all()):
+                s.object = base * torch.exp(1j * upsampled())
+                s.anchor = s.object.clone()
+                s.velocity.zero_()
 
     def finished(self) -> bool:
         o, s = self.options, self.state
@@ -527,26 +574,6 @@ class Refiner:
         s.step_scale = float(meta["step_scale"])
         s.history = list(meta["history"])
         self.probe_power = float(meta["probe_power"])
-
-
-def _smooth_phase_change(before: torch.Tensor, after: torch.Tensor, sigma: float) -> torch.Tensor:
-    """The epoch's phase change ``arg(after / before)``, weighted by the amplitude and
-    smoothed by a Gaussian of ``sigma`` pixels (FFT): its slow part."""
-    change = after * before.conj()
-    H, W = change.shape
-    fy = torch.fft.fftfreq(H, device=change.device)[:, None]
-    fx = torch.fft.fftfreq(W, device=change.device)[None, :]
-    kernel = torch.exp(-2 * (math.pi * sigma) ** 2 * (fy ** 2 + fx ** 2))
-    num = torch.fft.ifft2(torch.fft.fft2(change.imag.double()) * kernel).real
-    den = torch.fft.ifft2(torch.fft.fft2((before.abs() * after.abs()).double()) * kernel).real
-    return (num / den.clamp_min(1e-12)).to(torch.float32)
-
-
-def _coarse(field: torch.Tensor, block: int = 8) -> torch.Tensor:
-    """Block means of the real and imaginary parts: the slow part of an update, which the
-    momentum exists for (the pixel-scale part is mostly photon noise)."""
-    parts = torch.view_as_real(field).permute(2, 0, 1)[None]
-    return torch.nn.functional.avg_pool2d(parts, block, ceil_mode=True)
 
 
 class _Diverge(Exception):
