@@ -1,4 +1,4 @@
-"""Kernel benchmarks against the pure-PyTorch baselines of DESIGN.md §7.
+"""Kernel benchmarks against the pure-PyTorch baselines of docs/design.md §7.
 
 Each benchmark group holds our op and its baselines, run in the same process; the ratios
 in docs/benchmarks.md come from `python benchmarks/report.py` over the JSON of one run:

@@ -1,6 +1,6 @@
 """Shared setup of the pytest-benchmark runs (see docs/benchmarks.md).
 
-Sizes follow DESIGN.md §7. PTYCHO_FAST_BENCH_SMALL=1 shrinks every case (CI smoke run:
+Sizes follow docs/design.md §7. PTYCHO_FAST_BENCH_SMALL=1 shrinks every case (CI smoke run:
 the benchmark code is exercised without timing anything meaningful).
 """
 

@@ -1,4 +1,4 @@
-"""The PtychoPINN encoder/decoder network (DESIGN.md §1).
+"""The PtychoPINN encoder/decoder network (docs/design.md §1).
 
 Input: C = gridsize² channels of **normalised** diffraction amplitudes ``X / s``
 (``physics.network_input``), shape (B, C, N, N). Output: C complex object patches

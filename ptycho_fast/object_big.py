@@ -1,4 +1,4 @@
-"""object_big: the gridsize > 1 consistency step of PtychoPINN (DESIGN.md §1, §3).
+"""object_big: the gridsize > 1 consistency step of PtychoPINN (docs/design.md §1, §3).
 
 The C = gridsize² patches the network predicts for one group overlap in the object. They
 are made consistent by stitching them into a small **local canvas** around the group's

@@ -1,4 +1,4 @@
-"""Forward model and the two scalars of DESIGN.md §3.
+"""Forward model and the two scalars of docs/design.md §3.
 
 Diffraction is an **amplitude** (sqrt of counts), zero frequency at the array centre:
 
@@ -97,7 +97,7 @@ def safe_sqrt(rate: torch.Tensor) -> torch.Tensor:
 
 
 def predicted_amplitude(patches: torch.Tensor, probe: torch.Tensor, gain) -> torch.Tensor:
-    """The model's diffraction amplitude in **count units** (DESIGN.md §3):
+    """The model's diffraction amplitude in **count units** (docs/design.md §3):
     ``gain * sqrt(sum_modes |fftshift(fft2(probe * patch, ortho))|^2)``.
 
     ``gain`` (the probe gain g; a float or a 0-d tensor, e.g. a trainable parameter)
@@ -107,7 +107,7 @@ def predicted_amplitude(patches: torch.Tensor, probe: torch.Tensor, gain) -> tor
 
 
 def network_input(X, scale: float):
-    """The network's input ``X / s`` (DESIGN.md §3): measured amplitudes divided by the
+    """The network's input ``X / s`` (docs/design.md §3): measured amplitudes divided by the
     intensity scale, so that ``mean_p sum_ij (X_p/s)^2 = (N/2)^2`` at any dose."""
     if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
         raise ValueError(f"intensity scale must be a finite number > 0, got {scale!r}")

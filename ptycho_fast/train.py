@@ -1,6 +1,6 @@
 """Physics-informed training (``ptycho-fast train``; docs/training.md).
 
-One step (DESIGN.md §1)::
+One step (docs/design.md §1)::
 
     X (B, C, N, N) measured amplitudes      (C = gridsize², groups of neighbouring positions)
       -> x = X / s                           intensity scale s (physics.network_input)

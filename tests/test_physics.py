@@ -1,4 +1,4 @@
-"""Forward model, losses and the two scalars (DESIGN.md §3; ptycho_fast.physics)."""
+"""Forward model, losses and the two scalars (docs/design.md §3; ptycho_fast.physics)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Groups of C = gridsize² neighbouring scan positions (DESIGN.md §3, docs/data.md).
+"""Groups of C = gridsize² neighbouring scan positions (docs/design.md §3, docs/data.md).
 
 Each group is an **anchor** position plus C-1 others drawn (seeded) from the anchor's
 K nearest neighbours (``scipy.spatial.cKDTree``; K = ``k_candidates``, default 2C-1,
