@@ -321,3 +321,11 @@ def test_infer_refine_writes_both_results(tmp_path, capsys):
     assert "refined it for 5 epochs" in stdout
     s = json.loads((out / "refined" / "summary.json").read_text())
     assert s["epochs"] == 5 and "network" in s["init"]
+
+
+def test_bare_package_import_registers_the_ops():
+    code = ("import torch, ptycho_fast; "
+            "assert hasattr(torch.ops.ptycho_fast, 'extract_patches'); "
+            "assert hasattr(torch.ops.ptycho_fast, 'stitch_patches'); print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
