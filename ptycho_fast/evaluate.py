@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from . import metrics
+from .runtime import package_version
 from .data.dataset import UserError, atomic_output
 
 __all__ = [
@@ -493,15 +494,10 @@ def evaluate(recon: Reconstruction, truth: Truth, *, register: bool = False, pha
                                         + f", Tukey taper {REGISTER_TAPER}, upsampled DFT refinement",
                      "resolution_convention": "half-period, pixels (1 px = Nyquist)",
                      "data_range": "range of the truth image (PSNR, SSIM)"},
-        "versions": {"ptycho_fast": _version(), "numpy": np.__version__},
+        "versions": {"ptycho_fast": package_version(), "numpy": np.__version__},
     }
     images = {"truth_amplitude": amp_t, "recon_amplitude": amp_r, "truth_phase": ph_t, "recon_phase": ph_r}
     return EvaluationResult(values, info, {"amplitude": amp_frc, "phase": ph_frc}, images)
-
-
-def _version() -> str:
-    from .cli import _version as v
-    return v()
 
 
 # ----------------------------------------------------------------------------- outputs
