@@ -820,8 +820,8 @@ def add_cli_arguments(p: argparse.ArgumentParser) -> None:
     io_.add_argument("--out", "-o", metavar="DIR", default=DEFAULT_OUT,
                      help="output directory, created if missing (default: %(default)s)")
     io_.add_argument("--format", action="append", metavar="FMT[,FMT]", default=None,
-                     help=f"object files to write, from {', '.join(FORMATS)} (repeat or comma-separate); "
-                          f"{OBJECT_NPZ} is always written (default: {','.join(DEFAULT_FORMATS)})")
+                     help=f"object files to write besides the defaults ({','.join(DEFAULT_FORMATS)}), from "
+                          f"{', '.join(FORMATS)} (repeat or comma-separate; ptychodus adds {PTYCHODUS_PRODUCT})")
     r = p.add_argument_group("reconstruction")
     r.add_argument("--device", default=d.device, metavar="DEV",
                    help="auto (cuda when available), cpu, cuda or cuda:K (default: %(default)s)")

@@ -195,8 +195,8 @@ def add_cli_arguments(p: argparse.ArgumentParser) -> None:
                      help="starting object: an infer/refine output directory or an NPZ with key 'object' "
                           "(default: flat 1 + 0j)")
     io_.add_argument("--format", action="append", metavar="FMT[,FMT]", default=None,
-                     help=f"object files to write, from {', '.join(FORMATS)} (repeat or comma-separate); "
-                          f"object.npz is always written (default: {','.join(DEFAULT_FORMATS)})")
+                     help=f"object files to write besides the defaults ({','.join(DEFAULT_FORMATS)}), from "
+                          f"{', '.join(FORMATS)} (repeat or comma-separate; ptychodus adds the product)")
     io_.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     r = p.add_argument_group("stopping")
     r.add_argument("--epochs", "-e", type=int, default=d.epochs, metavar="K",

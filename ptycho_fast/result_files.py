@@ -94,12 +94,10 @@ def write_object_images(outputs: OutputSet, arrays: ObjectArrays, title: str, pi
 
 
 def parse_formats(values) -> tuple[str, ...]:
-    """``--format`` values (repeated or comma-separated) -> the formats to write;
-    ``object.npz`` is always written."""
-    if not values:
-        return DEFAULT_FORMATS
-    out = []
-    for v in values:
+    """``--format`` values (repeated or comma-separated) -> the formats to write: the
+    defaults (npz, h5) plus the ones named (``--format ptychodus`` adds the product)."""
+    out = list(DEFAULT_FORMATS)
+    for v in values or ():
         for item in str(v).split(","):
             item = item.strip()
             if not item:
@@ -109,6 +107,4 @@ def parse_formats(values) -> tuple[str, ...]:
                                 f"got {item!r}")
             if item not in out:
                 out.append(item)
-    if "npz" not in out:
-        out.insert(0, "npz")  # object.npz is always written
     return tuple(out)

@@ -211,8 +211,8 @@ def test_debug_dump_patch_stats_ptychodus_and_reference_ops(tmp_path, capsys, sm
     code, _, err = run(capsys, "infer", "--model", infer.SAMPLE_MODEL, "--data", small_data,
                        "--out", tmp_path / "fast", "--format", "npz", "-q")
     assert code == 0, err
-    assert sorted(p.name for p in (tmp_path / "fast").iterdir()) == sorted(
-        ["object.npz", "amplitude.png", "phase.png", "summary.json"])
+    assert sorted(p.name for p in (tmp_path / "fast").iterdir()) == sorted(   # --format adds to the defaults
+        ["object.npz", "object.h5", "amplitude.png", "phase.png", "summary.json"])
     with np.load(out / "object.npz") as a, np.load(tmp_path / "fast" / "object.npz") as b:
         np.testing.assert_allclose(a["object"], b["object"], rtol=1e-4, atol=1e-5)
 
