@@ -170,7 +170,9 @@ def main(argv=None) -> int:
 
     # from the network's image: the bundled sample
     from ptycho_fast import infer
-    res = infer.run_infer(infer.InferConfig(out=str(out / ".sample_infer"), quiet=True))
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        res = infer.run_infer(infer.InferConfig(out=str(Path(tmp) / "sample"), quiet=True))
     sample = load_dataset(infer.SAMPLE_DATA)
     start = np.where(res.reconstruction.covered, res.reconstruction.object, np.complex64(1))
     se = 2 if args.quick else 20

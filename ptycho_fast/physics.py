@@ -52,12 +52,25 @@ def diffraction_amplitude(patches, probe):
     as_numpy = isinstance(patches, np.ndarray)
     patches_t = torch.as_tensor(patches)
     probe_t = torch.as_tensor(probe, device=patches_t.device)
-    far = far_field(illuminate(patches_t, probe_t))
+    # far_field without its fftshift copy: for even N, fftshift(fft2(x)) == fft2(x * (-1)^(i+j)),
+    # and the sign pattern rides on the (small) probe instead of every exit wave
+    _check_probe(patches_t, probe_t)
+    far = torch.fft.fft2(illuminate(patches_t, probe_t * _checkerboard(probe_t)), norm="ortho")
     rate = far.real.square() + far.imag.square()
     if probe_t.dim() == 3:
         rate = rate.sum(dim=-3)
     amp = safe_sqrt(rate)
     return amp.numpy() if as_numpy else amp
+
+
+def _checkerboard(probe: torch.Tensor) -> torch.Tensor:
+    """(-1)^(i+j) over the probe's last two axes (N even: checked by the data layer)."""
+    n, m = probe.shape[-2:]
+    if n % 2 or m % 2:
+        raise ValueError(f"the pattern size must be even, got {n} x {m}")
+    i = torch.arange(n, device=probe.device)[:, None]
+    j = torch.arange(m, device=probe.device)[None, :]
+    return (1 - 2 * ((i + j) % 2)).to(probe.real.dtype if probe.is_complex() else probe.dtype)
 
 
 def _check_probe(patches: torch.Tensor, probe: torch.Tensor) -> None:
