@@ -11,7 +11,7 @@ import sys
 
 import torch
 
-OPS = ("extract_patches", "extract_patches_into", "stitch_patches", "patch_stats", "position_grad")
+OPS = ("extract_patches", "extract_patches_into", "stitch_patches", "patch_stats", "_position_grad")
 KEYS = ("CPU", "CUDA")
 
 
@@ -53,11 +53,11 @@ def main() -> int:
         patches = ops.extract_patches(canvas, pos, 12)
         grad = torch.randn(patches.shape, dtype=patches.dtype, generator=g)
         cpu = (patches, ops.stitch_patches(grad, pos, (40, 50)),
-               *ops.patch_stats(grad), torch.ops.ptycho_fast.position_grad(canvas, pos, grad))
+               *ops.patch_stats(grad), torch.ops.ptycho_fast._position_grad(canvas, pos, grad))
         c, p, q = canvas.cuda(), pos.cuda(), grad.cuda()
         gpu = (ops.extract_patches(c, p, 12), ops.stitch_patches(q, p, (40, 50)),
-               *ops.patch_stats(q), torch.ops.ptycho_fast.position_grad(c, p, q))
-        for name, a, b in zip(("extract", "stitch", "mean", "var", "min", "max", "position_grad"),
+               *ops.patch_stats(q), torch.ops.ptycho_fast._position_grad(c, p, q))
+        for name, a, b in zip(("extract", "stitch", "mean", "var", "min", "max", "_position_grad"),
                               cpu, gpu):
             torch.testing.assert_close(b.cpu(), a, rtol=1e-10, atol=1e-10, msg=f"{name}: CUDA != CPU")
         ran = f"ran on {torch.cuda.get_device_name()} and matched the CPU"

@@ -31,8 +31,10 @@ TORCH_LIBRARY(ptycho_fast, m) {
   // Per-patch mean, population variance, min, max over the last two dims, accumulated
   // in float64. view: auto | value | amplitude | real | imag | phase.
   m.def("patch_stats(Tensor patches, str view=\"auto\") -> (Tensor mean, Tensor var, Tensor min, Tensor max)");
+  // Internal (the leading underscore, like torchvision's _roi_align_backward): called by
+  // the autograd formulas in ops.py, not part of the public API.
   // d/dpositions of sum(grad_patches * extract_patches(canvas, positions)), real inner
   // product over real and imaginary parts: the position gradient of both extract
   // (canvas = the data) and stitch (canvas = the incoming canvas gradient).
-  m.def("position_grad(Tensor canvas, Tensor positions, Tensor grad_patches) -> Tensor");
+  m.def("_position_grad(Tensor canvas, Tensor positions, Tensor grad_patches) -> Tensor");
 }

@@ -96,15 +96,15 @@ if HAVE_EXTENSION:
         shape, real = patches.shape[:-2], _real_dtype(patches)
         return tuple(patches.new_empty(shape, dtype=real) for _ in range(4))
 
-    @torch.library.register_fake("ptycho_fast::position_grad")
+    @torch.library.register_fake("ptycho_fast::_position_grad")
     def _position_grad_fake(canvas, positions, grad_patches):
-        _check_same_device("position_grad", ("canvas", canvas), ("positions", positions),
+        _check_same_device("_position_grad", ("canvas", canvas), ("positions", positions),
                            ("grad_patches", grad_patches))
         return torch.empty_like(positions)
 
     # extract and stitch are linear in the data and each other's adjoint, so each one's
     # data gradient is the other op (double backward comes free); position gradients
-    # go through position_grad.
+    # go through the internal op _position_grad.
     def _extract_setup(ctx, inputs, output):
         canvas, positions, _, _ = inputs
         ctx.canvas_hw = canvas.shape[-2:]
@@ -116,7 +116,7 @@ if HAVE_EXTENSION:
         if ctx.needs_input_grad[0]:
             grad_canvas = _ops.stitch_patches(grad, positions, *ctx.canvas_hw, None)[0]
         if ctx.needs_input_grad[1]:
-            grad_positions = _ops.position_grad(canvas, positions, grad)
+            grad_positions = _ops._position_grad(canvas, positions, grad)
         return grad_canvas, grad_positions, None, None
 
     torch.library.register_autograd("ptycho_fast::extract_patches", _extract_backward,
@@ -137,7 +137,7 @@ if HAVE_EXTENSION:
             if ctx.needs_input_grad[0]:
                 grad_patches = back
             if ctx.needs_input_grad[1]:
-                grad_positions = _ops.position_grad(grad_canvas, positions, patches)
+                grad_positions = _ops._position_grad(grad_canvas, positions, patches)
             return grad_patches, grad_positions, None, None, None
         w = weights.expand(patches.shape) if ctx.shared_weights else weights
         if ctx.needs_input_grad[0]:
@@ -149,14 +149,14 @@ if HAVE_EXTENSION:
             grad_w = grad_w + _ops.extract_patches(grad_weight_map, positions, ph, pw)
             grad_weights = grad_w.sum(dim=tuple(range(grad_w.dim() - 2))) if ctx.shared_weights else grad_w
         if ctx.needs_input_grad[1]:
-            grad_positions = (_ops.position_grad(grad_canvas, positions, patches * w)
-                              + _ops.position_grad(grad_weight_map, positions, w.contiguous()))
+            grad_positions = (_ops._position_grad(grad_canvas, positions, patches * w)
+                              + _ops._position_grad(grad_weight_map, positions, w.contiguous()))
         return grad_patches, grad_positions, None, None, grad_weights
 
     torch.library.register_autograd("ptycho_fast::stitch_patches", _stitch_backward,
                                     setup_context=_stitch_setup)
 
-    # Second derivatives through position_grad and gradients of the statistics are rare
+    # Second derivatives through _position_grad and gradients of the statistics are rare
     # (position refinement's double backward, monitoring): both differentiate the
     # plain-PyTorch formulation with autograd instead of a dedicated kernel.
     def _saved_inputs_setup(ctx, inputs, output):
@@ -188,7 +188,7 @@ if HAVE_EXTENSION:
         return tuple(result)
 
     torch.library.register_autograd(
-        "ptycho_fast::position_grad",
+        "ptycho_fast::_position_grad",
         lambda ctx, grad: _grad_through_reference(reference.position_grad, ctx, (grad,)),
         setup_context=_saved_inputs_setup)
     torch.library.register_autograd(

@@ -6,7 +6,7 @@ canvas read as zero and are dropped in the adjoint. Everything here is different
 by autograd, including with respect to positions (through the fraction), which is how
 the tests check the kernels' analytic position gradients.
 
-The extraction is the best pure-PyTorch formulation we know (DESIGN.md §7): gather the
+The extraction is the best pure-PyTorch formulation we know (docs/design.md §7): gather the
 (h+1) x (w+1) window of every patch once with advanced indexing, then two 1-D lerps.
 """
 

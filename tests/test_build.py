@@ -8,7 +8,7 @@ import torch
 
 from ptycho_fast import ops
 
-OPS = ("extract_patches", "extract_patches_into", "stitch_patches", "patch_stats", "position_grad")
+OPS = ("extract_patches", "extract_patches_into", "stitch_patches", "patch_stats", "_position_grad")
 
 
 def test_extension_is_built():

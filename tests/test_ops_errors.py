@@ -39,8 +39,8 @@ patches = torch.zeros(2, 3, 4, 4)
     (lambda: K.patch_stats(patches, "phase"), r"view 'phase' needs complex patches"),
     (lambda: K.patch_stats(patches.cfloat(), "value"), r"view 'value' needs real patches"),
     (lambda: K.patch_stats(patches, "mean"), r"view must be one of auto, value, amplitude, real, imag, phase"),
-    (lambda: K.position_grad(canvas, pos, patches.double()), r"grad_patches must have the dtype of canvas"),
-    (lambda: K.position_grad(canvas, pos, patches[:, :2]), r"grad_patches must have shape \(B, P, h, w\)"),
+    (lambda: K._position_grad(canvas, pos, patches.double()), r"grad_patches must have the dtype of canvas"),
+    (lambda: K._position_grad(canvas, pos, patches[:, :2]), r"grad_patches must have shape \(B, P, h, w\)"),
 ])
 def test_bad_input_is_a_value_error_naming_the_argument(call, match):
     with pytest.raises(ValueError, match=match):

@@ -1,7 +1,9 @@
 """The compiled kernels against the plain-PyTorch reference, over the input space.
 
 The kernels are called through torch.ops.ptycho_fast directly, so these tests can only
-pass if the extension was built (tests/test_build.py fails loudly when it is not).
+pass if the extension was built (tests/test_build.py fails loudly when it is not). Each
+test runs on every device with the same samples (tests/op_samples.py): the CPU kernels
+against the reference, the CUDA kernels against the CPU kernels.
 """
 
 import pytest
@@ -9,125 +11,142 @@ import torch
 
 from ptycho_fast import ops, reference
 from conftest import REAL_AND_COMPLEX, random_data, tolerance
+from op_samples import (DEVICES, KINDS, STITCH_MODES, assert_matches, expected, extract_inputs,
+                        lead, make_positions, position_grad_inputs, stats_inputs, stats_views,
+                        stitch_inputs, stitch_mode, to_device)
 
 pytestmark = pytest.mark.skipif(not ops.HAVE_EXTENSION, reason="compiled extension not built")
 K = torch.ops.ptycho_fast
 
 
-def make_positions(kind, batch, P, canvas_hw, patch_hw, dtype, gen):
-    """(B,P,2) or (P,2) positions of the given kind."""
-    H, W = canvas_hw
-    h, w = patch_hw
-    shape = (batch, P, 2) if batch else (P, 2)
-    u = torch.rand(shape, dtype=torch.float64, generator=gen)
-    span = torch.tensor([H - h - 1, W - w - 1], dtype=torch.float64)
-    if kind == "integer":
-        pos = torch.floor(u * span)
-    elif kind == "fractional":
-        pos = u * span
-    elif kind == "negative":
-        pos = -u * torch.tensor([h, w], dtype=torch.float64) * 0.9
-    else:  # "outside": some partly outside, some entirely beyond every edge
-        pos = u * torch.tensor([H + 2 * h, W + 2 * w], dtype=torch.float64) - torch.tensor([1.5 * h, 1.5 * w])
-    return pos.to(dtype)
-
-
-def maybe_noncontiguous(t, noncontig):
-    if not noncontig:
-        return t
-    # Same values, transposed storage: exercises the kernels' layout handling.
-    return t.transpose(-1, -2).contiguous().transpose(-1, -2)
-
-
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", REAL_AND_COMPLEX)
 @pytest.mark.parametrize("batch", [0, 3])
-@pytest.mark.parametrize("kind", ["integer", "fractional", "negative", "outside"])
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("P", [0, 1, 17])
 @pytest.mark.parametrize("patch_hw", [(5, 5), (4, 7)])
 @pytest.mark.parametrize("noncontig", [False, True])
-def test_extract_matches_reference(dtype, batch, kind, P, patch_hw, noncontig, gen):
-    canvas_hw = (19, 23)
-    canvas = random_data(((batch,) if batch else ()) + canvas_hw, dtype, gen)
-    canvas = maybe_noncontiguous(canvas, noncontig)
-    pos = maybe_noncontiguous(make_positions(kind, batch, P, canvas_hw, patch_hw, torch.float64, gen), noncontig)
-    got = K.extract_patches(canvas, pos, *patch_hw)
-    want = reference.extract_patches(canvas, pos, *patch_hw)
-    assert got.shape == want.shape == ((batch,) if batch else ()) + (P, *patch_hw)
-    assert got.dtype == canvas.dtype
-    torch.testing.assert_close(got, want, **tolerance(dtype))
+@pytest.mark.parametrize("pos_dtype", [torch.float32, torch.float64])
+def test_extract_matches_reference(device, dtype, batch, kind, P, patch_hw, noncontig, pos_dtype, gen):
+    args = extract_inputs(device, gen, dtype=dtype, batch=batch, kind=kind, P=P, patch_hw=patch_hw,
+                          pos_dtype=pos_dtype, noncontig=noncontig)
+    got = K.extract_patches(*args)
+    want = expected(device, reference.extract_patches, K.extract_patches, args)
+    assert got.shape == lead(batch) + (P, *patch_hw)
+    assert got.dtype == dtype
+    assert_matches(got, want, device, **tolerance(dtype))
 
 
+@pytest.mark.parametrize("device, mode", STITCH_MODES)
 @pytest.mark.parametrize("dtype", REAL_AND_COMPLEX)
 @pytest.mark.parametrize("batch", [0, 2])
-@pytest.mark.parametrize("kind", ["integer", "fractional", "negative", "outside"])
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("P", [0, 1, 17])
 @pytest.mark.parametrize("patch_hw", [(5, 5), (4, 7)])
 @pytest.mark.parametrize("weights", [None, "shared", "per_patch"])
-def test_stitch_matches_reference(dtype, batch, kind, P, patch_hw, weights, gen):
-    canvas_hw = (19, 23)
-    lead = ((batch,) if batch else ()) + (P,)
-    patches = maybe_noncontiguous(random_data(lead + patch_hw, dtype, gen), kind == "fractional")
-    pos = make_positions(kind, batch, P, canvas_hw, patch_hw, torch.float32, gen)
-    real = patches.real.dtype if dtype.is_complex else dtype
-    w = None
-    if weights == "shared":
-        w = torch.rand(patch_hw, dtype=real, generator=gen)
-    elif weights == "per_patch":
-        w = torch.rand(lead + patch_hw, dtype=real, generator=gen)
-    got_canvas, got_wmap = K.stitch_patches(patches, pos, *canvas_hw, w)
-    want_canvas, want_wmap = reference.stitch_patches(patches, pos, *canvas_hw, w)
-    assert got_canvas.shape == lead[:-1] + canvas_hw
-    torch.testing.assert_close(got_canvas, want_canvas, **tolerance(dtype))
-    torch.testing.assert_close(got_wmap, want_wmap, **tolerance(dtype))
-    if w is None:
+@pytest.mark.parametrize("pos_dtype", [torch.float32, torch.float64])
+def test_stitch_matches_reference(device, mode, dtype, batch, kind, P, patch_hw, weights, pos_dtype, gen):
+    args = stitch_inputs(device, gen, dtype=dtype, batch=batch, kind=kind, P=P, patch_hw=patch_hw,
+                         weights=weights, pos_dtype=pos_dtype, noncontig=kind == "fractional")
+    with stitch_mode(mode):
+        got_canvas, got_wmap = K.stitch_patches(*args)
+    want_canvas, want_wmap = expected(device, reference.stitch_patches, K.stitch_patches, args)
+    assert got_canvas.shape == lead(batch) + (19, 23)
+    assert_matches(got_canvas, want_canvas, device, **tolerance(dtype))
+    assert_matches(got_wmap, want_wmap, device, **tolerance(dtype))
+    if weights is None:
         assert got_wmap.numel() == 0
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", REAL_AND_COMPLEX)
-@pytest.mark.parametrize("shape", [(4, 6, 6), (2, 3, 5, 7), (8, 1), (6, 0, 4), (3, 300, 3)])
-def test_patch_stats_matches_reference(dtype, shape, gen):
-    patches = random_data(shape, dtype, gen) * 3 + 1
-    views = ["auto", "amplitude", "real"] + (["imag", "phase"] if dtype.is_complex else ["value"])
-    for view in views:
-        got = K.patch_stats(patches, view)
-        want = reference.patch_stats(patches, view)
+@pytest.mark.parametrize("shape", [(4, 6, 6), (2, 3, 5, 7), (8, 1), (6, 0, 4), (3, 300, 3),
+                                   (7, 5), (3, 4, 5), (2, 3, 64, 64), (5, 1, 1), (0, 4, 4),
+                                   (3, 0, 4), (4, 300, 7)])
+def test_patch_stats_matches_reference(device, dtype, shape, gen):
+    args = stats_inputs(device, gen, dtype=dtype, shape=shape)
+    for view in stats_views(dtype):
+        got = K.patch_stats(*args, view)
+        want = expected(device, reference.patch_stats, K.patch_stats, (*args, view))
         for g, w in zip(got, want):
             assert g.shape == shape[:-2]
-            torch.testing.assert_close(g, w, **tolerance(dtype), equal_nan=True)
+            assert_matches(g, w, device, **tolerance(dtype), equal_nan=True)
 
 
-def test_patch_stats_keeps_tiny_variance_of_large_float32_amplitudes(gen):
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", [(64, 32, 32), (16, 64, 64)])
+def test_patch_stats_keeps_tiny_variance_of_large_float32_amplitudes(device, shape, gen):
     # Amplitudes ~1e4 with a spread of 1e-2: a float32 sum of squares would lose it all.
-    base = torch.full((64, 32, 32), 1.0e4, dtype=torch.float32)
+    base = torch.full(shape, 1.0e4, dtype=torch.float32)
     noise = torch.randn(base.shape, generator=gen, dtype=torch.float64) * 1e-2
     patches = (base.double() + noise).float()
     exact = patches.double().flatten(-2).var(-1, correction=0)
-    got = K.patch_stats(patches, "value")[1].double()
-    torch.testing.assert_close(got, exact, rtol=1e-4, atol=0)
-    assert (got > 0).all()
+    got = K.patch_stats(patches.to(device), "value")
+    torch.testing.assert_close(got[1].double().cpu(), exact, rtol=1e-4, atol=0)
+    assert (got[1] > 0).all()
+    if device != "cpu":
+        for g, w in zip(got, K.patch_stats(patches, "value")):
+            assert_matches(g, w, device, rtol=1e-5, atol=1e-5)
 
 
-def test_patch_stats_reports_nan_and_inf():
+@pytest.mark.parametrize("device", DEVICES)
+def test_patch_stats_reports_nan_and_inf(device):
     patches = torch.ones(3, 4, 4)
     patches[1, 2, 2] = float("nan")
     patches[2, 0, 0] = float("inf")
-    mean, var, mn, mx = K.patch_stats(patches, "value")
+    mean, var, mn, mx = K.patch_stats(patches.to(device), "value")
     assert torch.isfinite(mean[0]) and var[0] == 0
     assert torch.isnan(mean[1]) and torch.isnan(var[1]) and torch.isnan(mn[1]) and torch.isnan(mx[1])
     assert torch.isinf(mx[2]) and not torch.isfinite(var[2])
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_patch_stats_propagates_nan_in_complex_patches(device, gen):
+    patches = random_data((4, 16, 16), torch.complex64, gen)
+    patches[1, 3, 7] = complex(float("nan"), 0.0)
+    patches[3, 15, 15] = complex(0.0, float("nan"))
+    got = K.patch_stats(patches.to(device), "amplitude")
+    want = expected(device, reference.patch_stats, K.patch_stats, (patches, "amplitude"))
+    for g, w in zip(got, want):
+        assert torch.isnan(g[[1, 3]]).all().item()
+        assert_matches(g, w, device, equal_nan=True, rtol=1e-5, atol=1e-5)
+
+
+# (canvas, patch, P): a small canvas; 35 values a patch; 1320 values a patch (on CUDA one
+# ragged warp and many warps of a block).
+POSITION_GRAD_GEOMETRIES = [((15, 17), (4, 6), 9)] + [
+    ((50, 45), patch_hw, P) for patch_hw in [(5, 7), (40, 33)] for P in [0, 1, 17]]
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", REAL_AND_COMPLEX)
 @pytest.mark.parametrize("batch", [0, 2])
-def test_position_grad_matches_reference(dtype, batch, gen):
-    canvas_hw, patch_hw, P = (15, 17), (4, 6), 9
-    canvas = random_data(((batch,) if batch else ()) + canvas_hw, dtype, gen)
-    pos = make_positions("outside", batch, P, canvas_hw, patch_hw, torch.float64, gen)
-    grad = random_data(((batch,) if batch else ()) + (P, *patch_hw), dtype, gen)
-    got = K.position_grad(canvas, pos, grad)
-    want = reference.position_grad(canvas, pos, grad)
-    assert got.dtype == pos.dtype
-    torch.testing.assert_close(got, want, **tolerance(dtype))
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("canvas_hw, patch_hw, P", POSITION_GRAD_GEOMETRIES)
+def test_position_grad_matches_reference(device, dtype, batch, kind, canvas_hw, patch_hw, P, gen):
+    args = position_grad_inputs(device, gen, dtype=dtype, batch=batch, kind=kind, P=P,
+                                patch_hw=patch_hw, canvas_hw=canvas_hw)
+    got = K._position_grad(*args)
+    want = expected(device, reference.position_grad, K._position_grad, args)
+    assert got.dtype == args[1].dtype
+    tol = tolerance(dtype)
+    if device != "cpu" and dtype in (torch.float32, torch.complex64):
+        # Sums of many products in a different order (and FMA contraction on the GPU).
+        tol = dict(rtol=1e-4, atol=1e-4)
+    assert_matches(got, want, device, **tol)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("height, width", [(0, 0), (0, 9), (9, 0)])
+def test_empty_canvas(device, height, width, gen):
+    patches = random_data((2, 3, 4, 4), torch.complex64, gen)
+    pos = make_positions("fractional", 2, 3, (12, 12), (4, 4), gen)
+    w = torch.rand(4, 4, generator=gen)
+    canvas, wmap = K.stitch_patches(*to_device(device, patches, pos), height, width, *to_device(device, w))
+    assert canvas.shape == (2, height, width) and wmap.shape == (2, height, width)
+    out = K.extract_patches(torch.zeros(2, height, width, dtype=torch.complex64, device=device),
+                            pos.to(device), 4, 4)
+    assert out.shape == (2, 3, 4, 4) and not out.abs().any()
 
 
 def test_float32_positions_are_split_once_per_patch():
@@ -155,10 +174,9 @@ def test_positions_beyond_int32_do_not_wrap(dtype, gen):
 @pytest.mark.parametrize("dtype", REAL_AND_COMPLEX)
 @pytest.mark.parametrize("batch", [0, 2])
 def test_extract_into_a_buffer_equals_extract(dtype, batch, gen):
-    lead = (batch,) if batch else ()
-    canvas = random_data(lead + (19, 23), dtype, gen)
-    pos = make_positions("outside", batch, 9, (19, 23), (4, 6), torch.float32, gen)
-    out = torch.full(lead + (9, 4, 6), float("nan"), dtype=dtype)
+    canvas = random_data(lead(batch) + (19, 23), dtype, gen)
+    pos = make_positions("outside", batch, 9, (19, 23), (4, 6), gen, torch.float32)
+    out = torch.full(lead(batch) + (9, 4, 6), float("nan"), dtype=dtype)
     result = ops.extract_patches(canvas, pos, (4, 6), out=out)
     assert result is out
     assert torch.equal(out, K.extract_patches(canvas, pos, 4, 6))

@@ -41,6 +41,26 @@ HOST_DEVICE BilinearWeights<T> bilinear_weights(double fy, double fx) {
                             static_cast<T>(1.0 - fx), static_cast<T>(fx)};
 }
 
+// The start-up every kernel runs once per patch bp (= b * P + p in the (B, P, 2)
+// positions): its position split once into base and fraction, its four bilinear weights
+// and, given a tensor laid out (B, H, W, K) and image_size = H * W * K, the image of its
+// batch item b there (the canvas it reads, or is added into).
+template <typename T, typename Ptr>
+struct PatchSetup {
+  Ptr img;         // images + b * image_size; nullptr when no images are given
+  AxisSplit y, x;  // row and column of the top-left pixel
+  BilinearWeights<T> w;
+};
+
+template <typename T, typename Ptr = const T*>
+HOST_DEVICE PatchSetup<T, Ptr> patch_setup(const double* positions, int64_t bp,
+                                           Ptr images = nullptr, int64_t b = 0,
+                                           int64_t image_size = 0) {
+  const AxisSplit y = split_coordinate(positions[2 * bp]);
+  const AxisSplit x = split_coordinate(positions[2 * bp + 1]);
+  return PatchSetup<T, Ptr>{images + b * image_size, y, x, bilinear_weights<T>(y.frac, x.frac)};
+}
+
 // Interpolate between the four corners v00 (row, col), v01 (row, col+1), v10, v11.
 // Columns within each row first, then rows: the same order as reference.py.
 template <typename T>
@@ -80,6 +100,21 @@ HOST_DEVICE Corners<T> canvas_corners(const T* img, int64_t H, int64_t W, int64_
   return Corners<T>{canvas_value(img, H, W, K, r, c, k), canvas_value(img, H, W, K, r, c + 1, k),
                     canvas_value(img, H, W, K, r + 1, c, k),
                     canvas_value(img, H, W, K, r + 1, c + 1, k)};
+}
+
+// Calls f(v, corners) for every value v = (i * pw + j) * K + k of a ph x pw x K patch
+// placed by s, with the four canvas corners of that value (zero padding): the
+// bounds-tested path of the CPU kernels, one patch after another.
+template <typename T, typename Ptr, typename F>
+HOST_DEVICE void for_each_patch_value(const PatchSetup<T, Ptr>& s, int64_t H, int64_t W, int64_t K,
+                                      int64_t ph, int64_t pw, F&& f) {
+  for (int64_t i = 0; i < ph; ++i) {
+    for (int64_t j = 0; j < pw; ++j) {
+      for (int64_t k = 0; k < K; ++k) {
+        f((i * pw + j) * K + k, canvas_corners<T>(s.img, H, W, K, s.y.base + i, s.x.base + j, k));
+      }
+    }
+  }
 }
 
 // Readers of one patch pixel (i, j), channel fixed, for stitch_gather: the plain patch,

@@ -59,19 +59,14 @@ HOST_DEVICE double welford_variance(const WelfordState& s) {
 
 HOST_DEVICE double welford_mean(const WelfordState& s) { return s.n > 0 ? s.mean : NAN; }
 
-// Which scalar of an element the statistics describe. Values match ops.py.
-enum class StatsView : int64_t { Value = 0, Abs = 1, Real = 2, Imag = 3, Phase = 4 };
-
-// The viewed scalar of element (re, im); real inputs pass im = 0.
-HOST_DEVICE double view_scalar(double re, double im, StatsView view) {
-  switch (view) {
-    case StatsView::Value:
-    case StatsView::Real: return re;
-    case StatsView::Abs: return sqrt(re * re + im * im);
-    case StatsView::Imag: return im;
-    case StatsView::Phase: return atan2(im, re);
-  }
-  return re;
+// Stores a patch's final state as output m of the four results: mean, population
+// variance, min, max (all NaN for an empty patch).
+HOST_DEVICE void welford_store(const WelfordState& s, int64_t m, double* out_mean,
+                               double* out_var, double* out_min, double* out_max) {
+  out_mean[m] = welford_mean(s);
+  out_var[m] = welford_variance(s);
+  out_min[m] = s.n > 0 ? s.min : NAN;
+  out_max[m] = s.n > 0 ? s.max : NAN;
 }
 
 }  // namespace ptycho_fast

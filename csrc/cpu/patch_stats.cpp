@@ -2,12 +2,13 @@
 // one read, accumulated in double (Welford state from common/welford.h).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
-#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
-#include <vector>
+#include <algorithm>
+#include <cmath>
 
-#include "../common/tensor_args.h"
+#include "../common/stats_host.h"
+#include "../common/stats_view.h"
 #include "../common/welford.h"
 #include "cpu_parallel.h"
 
@@ -75,10 +76,7 @@ void patch_stats_kernel(const T* data, int64_t M, int64_t n, int64_t K, double* 
         chunk.m2 = (m2[0] + m2[1]) + (m2[2] + m2[3]);
         total = welford_combine(total, chunk);
       }
-      out_mean[m] = welford_mean(total);
-      out_var[m] = welford_variance(total);
-      out_min[m] = total.n > 0 ? total.min : NAN;
-      out_max[m] = total.n > 0 ? total.max : NAN;
+      welford_store(total, m, out_mean, out_var, out_min, out_max);
     }
   });
 }
@@ -86,7 +84,7 @@ void patch_stats_kernel(const T* data, int64_t M, int64_t n, int64_t K, double* 
 // The view is a template argument so that its switch leaves the inner loop.
 template <typename T>
 void patch_stats_dispatch(const StatsArgs& a, double* mean, double* var, double* mn, double* mx) {
-  const T* x = a.data.data_ptr<T>();
+  const T* x = a.data.const_data_ptr<T>();
   switch (a.view) {
     case StatsView::Value: return patch_stats_kernel<T, StatsView::Value>(x, a.M, a.n, a.K, mean, var, mn, mx);
     case StatsView::Abs: return patch_stats_kernel<T, StatsView::Abs>(x, a.M, a.n, a.K, mean, var, mn, mx);
@@ -96,21 +94,17 @@ void patch_stats_dispatch(const StatsArgs& a, double* mean, double* var, double*
   }
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> patch_stats_cpu(
-    const at::Tensor& patches, c10::string_view view) {
-  const StatsArgs a = stats_args(patches, view);
-  const auto opts = a.data.options().dtype(at::kDouble);
-  at::Tensor mean = at::empty({a.M}, opts), var = at::empty({a.M}, opts);
-  at::Tensor mn = at::empty({a.M}, opts), mx = at::empty({a.M}, opts);
+// Writes the four (M) float64 results from the checked arguments.
+void stats_into(const StatsArgs& a, at::Tensor& mean, at::Tensor& var, at::Tensor& mn,
+                at::Tensor& mx) {
   AT_DISPATCH_FLOATING_TYPES(a.data.scalar_type(), "patch_stats_cpu", [&] {
-    patch_stats_dispatch<scalar_t>(a, mean.data_ptr<double>(), var.data_ptr<double>(),
-                                   mn.data_ptr<double>(), mx.data_ptr<double>());
+    patch_stats_dispatch<scalar_t>(a, mean.mutable_data_ptr<double>(), var.mutable_data_ptr<double>(),
+                                   mn.mutable_data_ptr<double>(), mx.mutable_data_ptr<double>());
   });
-  return stats_outputs(a, mean, var, mn, mx);
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(ptycho_fast, CPU, m) { m.impl("patch_stats", &patch_stats_cpu); }
+TORCH_LIBRARY_IMPL(ptycho_fast, CPU, m) { m.impl("patch_stats", &patch_stats_with<stats_into>); }
 
 }  // namespace ptycho_fast

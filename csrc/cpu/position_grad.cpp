@@ -1,12 +1,12 @@
-// CPU kernel of position_grad: for each patch, the derivative of
+// CPU kernel of _position_grad: for each patch, the derivative of
 // sum(grad * extract(canvas, pos)) with respect to its (row, col) position.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
-#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include "../common/bilinear.h"
-#include "../common/tensor_args.h"
+#include "../common/checks.h"
+#include "../common/position_grad_host.h"
 #include "cpu_parallel.h"
 
 namespace ptycho_fast {
@@ -18,47 +18,37 @@ void position_grad_kernel(const T* canvas, const double* positions, const T* gra
                           int64_t pw) {
   at::parallel_for(0, B * P, grain_for(ph * pw * K), [&](int64_t begin, int64_t end) {
     for (int64_t bp = begin; bp < end; ++bp) {
-      const T* img = canvas + (bp / P) * H * W * K;
-      const AxisSplit sy = split_coordinate(positions[2 * bp]);
-      const AxisSplit sx = split_coordinate(positions[2 * bp + 1]);
-      const BilinearWeights<T> w = bilinear_weights<T>(sy.frac, sx.frac);
+      const auto s = patch_setup<T>(positions, bp, canvas, bp / P, H * W * K);
       const T* g = grad + bp * ph * pw * K;
       // Sums in double: a patch adds up ph*pw*K products of either sign.
       double gy = 0.0, gx = 0.0;
-      for (int64_t i = 0; i < ph; ++i) {
-        for (int64_t j = 0; j < pw; ++j) {
-          for (int64_t k = 0; k < K; ++k) {
-            const Corners<T> c = canvas_corners(img, H, W, K, sy.base + i, sx.base + j, k);
-            T dy, dx;
-            bilinear_interp_grad(c.v00, c.v01, c.v10, c.v11, w, &dy, &dx);
-            const T gv = g[(i * pw + j) * K + k];
-            gy += static_cast<double>(gv * dy);
-            gx += static_cast<double>(gv * dx);
-          }
-        }
-      }
+      for_each_patch_value(s, H, W, K, ph, pw, [&](int64_t v, const Corners<T>& c) {
+        T dy, dx;
+        bilinear_interp_grad(c.v00, c.v01, c.v10, c.v11, s.w, &dy, &dx);
+        gy += static_cast<double>(g[v] * dy);
+        gx += static_cast<double>(g[v] * dx);
+      });
       out[2 * bp] = gy;
       out[2 * bp + 1] = gx;
     }
   });
 }
 
-at::Tensor position_grad_cpu(const at::Tensor& canvas, const at::Tensor& positions,
-                             const at::Tensor& grad_patches) {
-  const SamplingArgs a = sampling_args("position_grad", canvas, positions);
-  const at::Tensor g = position_grad_patches(a, canvas, grad_patches);
-  check_finite_positions("position_grad", a.positions);
-  at::Tensor out = at::empty({a.B, a.P, 2}, a.positions.options());
-  AT_DISPATCH_FLOATING_TYPES(a.canvas.scalar_type(), "position_grad_cpu", [&] {
-    position_grad_kernel<scalar_t>(a.canvas.data_ptr<scalar_t>(), a.positions.data_ptr<double>(),
-                                   g.data_ptr<scalar_t>(), out.data_ptr<double>(), a.B, a.H, a.W,
-                                   a.K, a.P, g.size(2), g.size(3));
+// Writes out ((B, P, 2) float64) from the checked arguments; grad is (B, P, h, w, K).
+void position_grad_into(const SamplingArgs& a, const at::Tensor& grad, at::Tensor& out) {
+  check_finite_positions(kPositionGradOp, a.positions);
+  AT_DISPATCH_FLOATING_TYPES(a.data.scalar_type(), "_position_grad_cpu", [&] {
+    position_grad_kernel<scalar_t>(a.data.const_data_ptr<scalar_t>(),
+                                   a.positions.const_data_ptr<double>(),
+                                   grad.const_data_ptr<scalar_t>(), out.mutable_data_ptr<double>(),
+                                   a.B, a.H, a.W, a.K, a.P, grad.size(2), grad.size(3));
   });
-  return unbatched(out.to(positions.scalar_type()), a.is_batched);
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(ptycho_fast, CPU, m) { m.impl("position_grad", &position_grad_cpu); }
+TORCH_LIBRARY_IMPL(ptycho_fast, CPU, m) {
+  m.impl("_position_grad", &position_grad_with<position_grad_into>);
+}
 
 }  // namespace ptycho_fast

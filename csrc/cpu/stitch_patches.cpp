@@ -1,20 +1,20 @@
 // CPU kernel of stitch_patches (the adjoint of extract_patches), optionally weighted.
 //
-// Determinism: the canvas is cut into bands of rows; each task owns whole bands and
-// gathers, for each of its pixels, the contributions of the patches in index order
-// (stitch_gather). No two tasks write one pixel and the order of the additions into a
-// pixel does not depend on the split, so results are bitwise identical for any number
-// of threads.
+// Determinism: the canvas is cut into bands of rows; each task owns whole bands (a run of
+// consecutive ones) and gathers, for each of its pixels, the contributions of the
+// patches in index order (stitch_gather). No two tasks write one pixel and the order of
+// the additions into a pixel does not depend on the split, so results are bitwise
+// identical for any number of threads.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
-#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
-#include <optional>
+#include <algorithm>
 #include <vector>
 
 #include "../common/bilinear.h"
-#include "../common/tensor_args.h"
+#include "../common/checks.h"
+#include "../common/stitch_host.h"
 #include "cpu_parallel.h"
 
 namespace ptycho_fast {
@@ -82,57 +82,52 @@ void stitch_kernel(const T* patches, const double* positions, const T* weights,
     T* up_buf = row_buf + (pw + 2) * K;
     T* wrow_buf = up_buf + (pw + 2) * K;
     T* wup_buf = wrow_buf + (pw + 2) * K;
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / bands;
-      const int64_t band_lo = (task % bands) * kBandRows;
-      const int64_t band_hi = std::min<int64_t>(H, band_lo + kBandRows);
-      // Patches in index order, each into this band's rows only: the order of additions
+    // The task's bands, one batch item at a time: rows [row_first, row_last) of item b.
+    for (int64_t first = begin, last; first < end; first = last) {
+      const int64_t b = first / bands;
+      last = std::min<int64_t>(end, (b + 1) * bands);
+      const int64_t row_first = (first - b * bands) * kBandRows;
+      const int64_t row_last = std::min<int64_t>(H, (last - b * bands) * kBandRows);
+      // Patches in index order, each into this task's rows only: the order of additions
       // into a pixel is the patch order, whatever the split into tasks.
       for (int64_t p = 0; p < P; ++p) {
         const int64_t bp = b * P + p;
-        const AxisSplit sy = split_coordinate(positions[2 * bp]);
+        const auto s = patch_setup<T>(positions, bp, canvas, b, H * W * K);
         // A patch touches canvas rows base .. base + ph (the last through wy1).
-        const int64_t row_lo = std::max<int64_t>(band_lo, sy.base);
-        const int64_t row_hi = std::min<int64_t>(band_hi, sy.base + ph + 1);
+        const int64_t row_lo = std::max<int64_t>(row_first, s.y.base);
+        const int64_t row_hi = std::min<int64_t>(row_last, s.y.base + ph + 1);
         if (row_lo >= row_hi) continue;
-        const AxisSplit sx = split_coordinate(positions[2 * bp + 1]);
-        const BilinearWeights<T> w = bilinear_weights<T>(sy.frac, sx.frac);
         const T* patch = patches + bp * ph * pw * K;
         const T* wpatch =
             weights == nullptr ? nullptr : weights + (weights_per_patch ? bp * ph * pw : 0);
-        add_patch_rows(canvas + b * H * W * K, W, K, patch, wpatch, ph, pw, sy, sx, w, row_lo,
-                       row_hi, row_buf, up_buf);
+        add_patch_rows(s.img, W, K, patch, wpatch, ph, pw, s.y, s.x, s.w, row_lo, row_hi,
+                       row_buf, up_buf);
         if (wpatch != nullptr) {
           add_patch_rows(weight_map + b * H * W, W, int64_t(1), wpatch, static_cast<const T*>(nullptr),
-                         ph, pw, sy, sx, w, row_lo, row_hi, wrow_buf, wup_buf);
+                         ph, pw, s.y, s.x, s.w, row_lo, row_hi, wrow_buf, wup_buf);
         }
       }
     }
   });
 }
 
-std::tuple<at::Tensor, at::Tensor> stitch_patches_cpu(const at::Tensor& patches,
-                                                      const at::Tensor& positions,
-                                                      int64_t height, int64_t width,
-                                                      const std::optional<at::Tensor>& weights) {
-  StitchArgs a = stitch_args(patches, positions, height, width, weights);
+// Adds the checked patches (and weights) into the zeroed kernel-layout results.
+void stitch_into(const StitchArgs& a, at::Tensor& canvas, at::Tensor& weight_map,
+                 int64_t height, int64_t width) {
   check_finite_positions("stitch_patches", a.positions);
-  const at::Tensor& q = a.patches;
+  const at::Tensor& q = a.data;
   const at::Tensor& w = a.weights;
-  at::Tensor canvas = at::zeros({a.B, height, width, a.K}, q.options());
-  at::Tensor weight_map = at::zeros({w.defined() ? a.B * height * width : 0}, q.options());
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "stitch_patches_cpu", [&] {
-    stitch_kernel<scalar_t>(q.data_ptr<scalar_t>(), a.positions.data_ptr<double>(),
-                            w.defined() ? w.data_ptr<scalar_t>() : nullptr, a.weights_per_patch,
-                            canvas.data_ptr<scalar_t>(),
-                            w.defined() ? weight_map.data_ptr<scalar_t>() : nullptr, a.B, a.P,
-                            a.ph, a.pw, a.K, height, width);
+    stitch_kernel<scalar_t>(q.const_data_ptr<scalar_t>(), a.positions.const_data_ptr<double>(),
+                            w.defined() ? w.const_data_ptr<scalar_t>() : nullptr,
+                            a.weights_per_patch, canvas.mutable_data_ptr<scalar_t>(),
+                            w.defined() ? weight_map.mutable_data_ptr<scalar_t>() : nullptr, a.B,
+                            a.P, a.ph, a.pw, a.K, height, width);
   });
-  return stitch_outputs(a, canvas, weight_map, height, width);
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(ptycho_fast, CPU, m) { m.impl("stitch_patches", &stitch_patches_cpu); }
+TORCH_LIBRARY_IMPL(ptycho_fast, CPU, m) { m.impl("stitch_patches", &stitch_patches_with<stitch_into>); }
 
 }  // namespace ptycho_fast

@@ -9,7 +9,7 @@
 namespace ptycho_fast {
 
 // Threads per block of the grid-stride kernels, and the most threads of a block that
-// owns one patch (patch_stats, position_grad).
+// owns one patch (patch_stats, _position_grad).
 constexpr int kThreads = 256;
 constexpr int kWarp = 32;
 // Grid-stride loops cover any size; more blocks than this only adds scheduling.

@@ -8,17 +8,15 @@
 // sum the CPU kernel runs, so results are identical on every run.
 #include <ATen/Context.h>
 #include <ATen/Dispatch.h>
-#include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include <algorithm>
-#include <optional>
 
 #include "../common/bilinear.h"
-#include "../common/tensor_args.h"
+#include "../common/stitch_host.h"
 #include "launch.h"
 
 namespace ptycho_fast {
@@ -67,21 +65,18 @@ __global__ void stitch_atomic_kernel(const StitchKernelArgs<T, index_t> a) {
        idx += stride) {
     const PatchValueIndex<index_t> v = patch_value_index(idx, ph, pw, K);
     const int64_t bp = v.bp, b = v.bp / a.P;  // the division in index_t
-    const AxisSplit sy = split_coordinate(a.positions[2 * bp]);
-    const AxisSplit sx = split_coordinate(a.positions[2 * bp + 1]);
-    const BilinearWeights<T> w = bilinear_weights<T>(sy.frac, sx.frac);
+    const auto s = patch_setup<T>(a.positions, bp, a.canvas, b, static_cast<int64_t>(H) * W * K);
     const T* patch = a.patches + bp * ph * pw * K;
-    T* img = a.canvas + b * H * W * K;
-    const int64_t r = sy.base + v.i, c = sx.base + v.j;
+    const int64_t r = s.y.base + v.i, c = s.x.base + v.j;
     if (a.weights == nullptr) {
-      scatter_value(img, H, W, K, v.k, r, c, w, PatchReader<T>{patch, pw, K, v.k}(v.i, v.j));
+      scatter_value(s.img, H, W, K, v.k, r, c, s.w, PatchReader<T>{patch, pw, K, v.k}(v.i, v.j));
       continue;
     }
     const T* wpatch = a.weights + (a.weights_per_patch ? bp * ph * pw : 0);
-    scatter_value(img, H, W, K, v.k, r, c, w,
+    scatter_value(s.img, H, W, K, v.k, r, c, s.w,
                   WeightedPatchReader<T>{patch, wpatch, pw, K, v.k}(v.i, v.j));
     if (v.k == 0) {
-      scatter_value(a.weight_map + b * H * W, H, W, int64_t{1}, int64_t{0}, r, c, w,
+      scatter_value(a.weight_map + b * H * W, H, W, int64_t{1}, int64_t{0}, r, c, s.w,
                     WeightReader<T>{wpatch, pw}(v.i, v.j));
     }
   }
@@ -105,17 +100,16 @@ __global__ void stitch_gather_kernel(const StitchKernelArgs<T, index_t> a) {
     T wacc = T(0);
     for (index_t p = 0; p < P; ++p) {
       const int64_t bp = b * P + p;
-      const AxisSplit sy = split_coordinate(a.positions[2 * bp]);
-      const AxisSplit sx = split_coordinate(a.positions[2 * bp + 1]);
+      // No image: this thread writes its own pixel, after the loop.
+      const auto s = patch_setup<T>(a.positions, bp);
       // A patch touches canvas rows base_y .. base_y + ph and columns base_x .. base_x + pw.
-      if (r < sy.base || r > sy.base + ph || c < sx.base || c > sx.base + pw) continue;
-      const BilinearWeights<T> w = bilinear_weights<T>(sy.frac, sx.frac);
+      if (r < s.y.base || r > s.y.base + ph || c < s.x.base || c > s.x.base + pw) continue;
       const T* patch = a.patches + bp * ph * pw * K;
-      const int64_t i = r - sy.base, j = c - sx.base;
+      const int64_t i = r - s.y.base, j = c - s.x.base;
       if (weights == nullptr) {
 #pragma unroll
         for (int k = 0; k < 2; ++k) {
-          if (k < K) acc[k] += stitch_gather<T>(PatchReader<T>{patch, pw, K, k}, ph, pw, i, j, w);
+          if (k < K) acc[k] += stitch_gather<T>(PatchReader<T>{patch, pw, K, k}, ph, pw, i, j, s.w);
         }
         continue;
       }
@@ -124,10 +118,10 @@ __global__ void stitch_gather_kernel(const StitchKernelArgs<T, index_t> a) {
       for (int k = 0; k < 2; ++k) {
         if (k < K) {
           acc[k] += stitch_gather<T>(WeightedPatchReader<T>{patch, wpatch, pw, K, k}, ph, pw, i,
-                                     j, w);
+                                     j, s.w);
         }
       }
-      wacc += stitch_gather<T>(WeightReader<T>{wpatch, pw}, ph, pw, i, j, w);
+      wacc += stitch_gather<T>(WeightReader<T>{wpatch, pw}, ph, pw, i, j, s.w);
     }
     T* out = a.canvas + static_cast<int64_t>(idx) * K;
 #pragma unroll
@@ -142,9 +136,9 @@ template <typename T, typename index_t>
 void launch_stitch(const StitchArgs& a, at::Tensor& canvas, at::Tensor& weight_map,
                    int64_t height, int64_t width, bool deterministic, cudaStream_t stream) {
   const bool weighted = a.weights.defined();
-  const int64_t total = deterministic ? a.B * height * width : a.patches.numel();
+  const int64_t total = deterministic ? a.B * height * width : a.data.numel();
   const StitchKernelArgs<T, index_t> k{
-      a.patches.const_data_ptr<T>(), a.positions.const_data_ptr<double>(),
+      a.data.const_data_ptr<T>(), a.positions.const_data_ptr<double>(),
       weighted ? a.weights.const_data_ptr<T>() : nullptr, a.weights_per_patch,
       canvas.mutable_data_ptr<T>(), weighted ? weight_map.mutable_data_ptr<T>() : nullptr,
       static_cast<index_t>(total), static_cast<index_t>(a.P), static_cast<index_t>(a.ph),
@@ -155,39 +149,32 @@ void launch_stitch(const StitchArgs& a, at::Tensor& canvas, at::Tensor& weight_m
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-std::tuple<at::Tensor, at::Tensor> stitch_patches_cuda(const at::Tensor& patches,
-                                                       const at::Tensor& positions,
-                                                       int64_t height, int64_t width,
-                                                       const std::optional<at::Tensor>& weights) {
+// Adds the checked patches (and weights) into the zeroed kernel-layout results.
+void stitch_into(const StitchArgs& a, at::Tensor& canvas, at::Tensor& weight_map,
+                 int64_t height, int64_t width) {
   // No finiteness check here: it would synchronise; ops.py checks CUDA positions.
-  const StitchArgs a = stitch_args(patches, positions, height, width, weights);
-  const c10::cuda::CUDAGuard guard(a.patches.device());
-  const at::Tensor& q = a.patches;
-  at::Tensor canvas = at::zeros({a.B, height, width, a.K}, q.options());
-  at::Tensor weight_map =
-      at::zeros({a.weights.defined() ? a.B * height * width : 0}, q.options());
+  const at::Tensor& q = a.data;
   // Nothing lands on an empty canvas, and no patch value means nothing to add.
-  if (canvas.numel() > 0 && q.numel() > 0) {
-    const bool deterministic = at::globalContext().deterministicAlgorithms();
-    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-    // Every index the kernels form (flat thread index, canvas and patch offsets) stays
-    // below the larger element count.
-    const bool small = fits_int32(std::max<int64_t>(canvas.numel(), q.numel()));
-    AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "stitch_patches_cuda", [&] {
-      if (small) {
-        launch_stitch<scalar_t, int32_t>(a, canvas, weight_map, height, width, deterministic,
-                                         stream);
-      } else {
-        launch_stitch<scalar_t, int64_t>(a, canvas, weight_map, height, width, deterministic,
-                                         stream);
-      }
-    });
-  }
-  return stitch_outputs(a, canvas, weight_map, height, width);
+  if (canvas.numel() == 0 || q.numel() == 0) return;
+  const c10::cuda::CUDAGuard guard(q.device());
+  const bool deterministic = at::globalContext().deterministicAlgorithms();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  // Every index the kernels form (flat thread index, canvas and patch offsets) stays
+  // below the larger element count.
+  const bool small = fits_int32(std::max<int64_t>(canvas.numel(), q.numel()));
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "stitch_patches_cuda", [&] {
+    if (small) {
+      launch_stitch<scalar_t, int32_t>(a, canvas, weight_map, height, width, deterministic,
+                                       stream);
+    } else {
+      launch_stitch<scalar_t, int64_t>(a, canvas, weight_map, height, width, deterministic,
+                                       stream);
+    }
+  });
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(ptycho_fast, CUDA, m) { m.impl("stitch_patches", &stitch_patches_cuda); }
+TORCH_LIBRARY_IMPL(ptycho_fast, CUDA, m) { m.impl("stitch_patches", &stitch_patches_with<stitch_into>); }
 
 }  // namespace ptycho_fast
