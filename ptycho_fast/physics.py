@@ -57,7 +57,7 @@ def diffraction_amplitude(patches, probe):
     _check_probe(patches_t, probe_t)
     far = torch.fft.fft2(illuminate(patches_t, probe_t * _checkerboard(probe_t)), norm="ortho")
     rate = far.real.square() + far.imag.square()
-    if probe_t.dim() == 3:
+    if probe_t.dim() >= 3:
         rate = rate.sum(dim=-3)
     amp = safe_sqrt(rate)
     return amp.numpy() if as_numpy else amp
@@ -74,8 +74,9 @@ def _checkerboard(probe: torch.Tensor) -> torch.Tensor:
 
 
 def _check_probe(patches: torch.Tensor, probe: torch.Tensor) -> None:
-    if probe.dim() not in (2, 3):
-        raise ValueError(f"probe must be (N, N) or (M, N, N), got shape {tuple(probe.shape)}")
+    if probe.dim() not in (2, 3, 4):
+        raise ValueError(f"probe must be (N, N), (M, N, N) or one per pattern (P, M, N, N), got shape "
+                         f"{tuple(probe.shape)}")
     if patches.shape[-2:] != probe.shape[-2:]:
         raise ValueError(f"patches {tuple(patches.shape)} and probe {tuple(probe.shape)} "
                          "must have the same last two dimensions (N, N)")
@@ -83,7 +84,8 @@ def _check_probe(patches: torch.Tensor, probe: torch.Tensor) -> None:
 
 def illuminate(patches: torch.Tensor, probe: torch.Tensor) -> torch.Tensor:
     """Exit waves ``probe * patch``: (..., N, N) for a single probe (N, N), (..., M, N, N)
-    for incoherent modes (M, N, N) (one exit wave per mode)."""
+    for incoherent modes (M, N, N) (one exit wave per mode) or for one probe per pattern
+    (P, M, N, N) with patches (P, N, N)."""
     _check_probe(patches, probe)
     if probe.dim() == 2:
         return patches * probe

@@ -57,10 +57,16 @@ from .object_big import ops_backend
 from .runtime import Dist
 
 __all__ = [
-    "RefineOptions", "Refiner", "LOSSES", "COVERAGE_FLOOR", "DivergedError", "load_init_object",
+    "RefineOptions", "Refiner", "LOSSES", "SUBPIXEL_MODELS", "COVERAGE_FLOOR", "DivergedError",
+    "load_init_object",
 ]
 
 LOSSES = ("amplitude", "poisson")
+#: how a patch at a fractional position is modelled: 'bilinear' interpolates the object
+#: (our extract kernel at the position); 'fourier' cuts the object at the nearest integer
+#: position (the same kernel, exact) and moves the probe by the fraction with a Fourier
+#: phase ramp (band-limited, exact for a band-limited probe: pty-chi's model)
+SUBPIXEL_MODELS = ("bilinear", "fourier")
 #: a canvas pixel is refined ("covered") when the probe dose there is above this fraction
 #: of the largest dose; elsewhere the object keeps its starting value
 COVERAGE_FLOOR = 1e-3
@@ -87,6 +93,7 @@ class RefineOptions:
     max_time: float | None = None        # minutes; stop after the epoch that crosses it
     batch_size: int = 64
     loss: str = "amplitude"
+    subpixel: str = "bilinear"
     step: float = 1.0                    # object step: fraction of the full projection step
     final_step: float = 0.04             # the cosine schedule ends at step * final_step
     momentum: float = 0.7
@@ -118,6 +125,8 @@ class RefineOptions:
             bad("batch_size", f"must be >= 1, got {self.batch_size}")
         if self.loss not in LOSSES:
             bad("loss", f"must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        if self.subpixel not in SUBPIXEL_MODELS:
+            bad("subpixel", f"must be one of {', '.join(SUBPIXEL_MODELS)}, got {self.subpixel!r}")
         for name, top in (("step", 2), ("probe_step", 2), ("position_step", 4)):
             v = getattr(self, name)
             if not (math.isfinite(v) and 0 < v <= top):
@@ -312,11 +321,36 @@ class Refiner:
             return (amp - X).square().sum()
         return physics.poisson_nll(amp, X, self.options.rate_floor, reduction="sum")
 
+    def forward(self, obj, probe, top_left):
+        """(predicted amplitudes (B, N, N), object patches (B, N, N), the probe intensity
+        each pattern sees (B, N, N)) of the patterns at ``top_left`` (B, 2), under the
+        sub-pixel model (SUBPIXEL_MODELS); differentiable in all three unknowns."""
+        if self.options.subpixel == "bilinear":
+            patches = self.extract(obj, top_left.to(torch.float64), self.N)
+            probes = probe
+            intensity = (probe.detach().abs() ** 2).sum(0).expand(len(top_left), self.N, self.N)
+        else:
+            whole = torch.round(top_left.detach())
+            patches = self.extract(obj, whole, self.N)          # integer positions: exact slices
+            probes = self._shifted_probes(probe, top_left - whole)
+            intensity = (probes.detach().abs() ** 2).sum(1)
+        return physics.diffraction_amplitude(patches, probes), patches, intensity
+
+    def _shifted_probes(self, probe: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+        """(B, M, N, N): ``probe(r - shift_b)`` for each pattern (a Fourier phase ramp; the
+        exit wave ``O(p + r) P(r)`` at a fractional ``p`` has the far-field intensity of
+        ``O(round(p) + r) P(r - frac)``, its translate)."""
+        N = self.N
+        k = torch.fft.fftfreq(N, device=probe.device, dtype=torch.float64)
+        shift = shift.to(torch.float64)
+        phase = -2 * math.pi * (shift[:, 0, None, None] * k[None, :, None] + shift[:, 1, None, None] * k[None, None, :])
+        ramp = torch.polar(torch.ones_like(phase), phase).to(probe.dtype)          # (B, N, N)
+        return torch.fft.ifft2(torch.fft.fft2(probe)[None] * ramp[:, None])
+
     def batch_loss(self, obj, probe, top_left, X) -> torch.Tensor:
         """The summed loss of the patterns ``X`` at ``top_left`` (differentiable in all
         three unknowns): the engine's objective."""
-        patches = self.extract(obj, top_left.to(torch.float64), self.N)
-        return self._loss(physics.diffraction_amplitude(patches, probe), X)
+        return self._loss(self.forward(obj, probe, top_left)[0], X)
 
     # ------------------------------------------------------------------ schedule
     def step_at(self, progress: float) -> float:
@@ -343,18 +377,19 @@ class Refiner:
         X = self._patterns(mine)
         wrt = [obj] + ([probe] if probe_on else []) + ([tl] if positions_on else [])
         if len(mine):
-            patches = self.extract(obj, tl, N)
-            loss = self._loss(physics.diffraction_amplitude(patches, probe), X)
+            amp, patches, intensity = self.forward(obj, probe, tl)
+            loss = self._loss(amp, X)
             grads = list(torch.autograd.grad(loss, wrt))
             loss_value = loss.detach().double()
         else:  # more processes than patterns in this minibatch
             patches = torch.zeros((0, N, N), dtype=obj.dtype, device=self.device)
+            intensity = torch.zeros((0, N, N), dtype=obj.real.dtype, device=self.device)
             grads = [torch.zeros_like(t) for t in wrt]
             loss_value = torch.zeros((), dtype=torch.float64, device=self.device)
         g_obj = grads.pop(0)
         with torch.no_grad():
-            intensity = (s.probe.abs() ** 2).sum(0)
-            D = self._stitch_real(intensity.expand(len(mine), N, N).contiguous(), tl.detach(), (H, W))
+            where = tl.detach() if o.subpixel == "bilinear" else torch.round(tl.detach())
+            D = self._stitch_real(intensity.contiguous(), where, (H, W))
             sums = [loss_value.reshape(1), g_obj, D]
             if probe_on:
                 g_probe = grads.pop(0)

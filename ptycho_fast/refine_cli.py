@@ -17,7 +17,7 @@ from . import guard, result_files
 from .data.dataset import DataWarning
 from .files import UserError
 from .progress import Progress
-from .refine import LOSSES, Refiner, RefineOptions, load_init_object
+from .refine import LOSSES, SUBPIXEL_MODELS, Refiner, RefineOptions, load_init_object
 from .refine_output import (CHECKPOINT, load_checkpoint, refine_identity, save_checkpoint,
                             write_refinement)
 from .runtime import DEVICES_HELP, Dist, check_device_name, deterministic_algorithms, process_group, resolve_device
@@ -209,6 +209,10 @@ def add_cli_arguments(p: argparse.ArgumentParser) -> None:
                    help="patterns per update (default: %(default)s)")
     a.add_argument("--loss", choices=LOSSES, default=d.loss,
                    help="amplitude (Gaussian in sqrt(counts)) or poisson (counts) (default: %(default)s)")
+    a.add_argument("--subpixel", choices=SUBPIXEL_MODELS, default=d.subpixel,
+                   help="fractional positions: bilinear (our extract kernel interpolates the object; "
+                        "analytic position gradients) or fourier (integer cut + the probe moved by a "
+                        "Fourier phase ramp) (default: %(default)s)")
     a.add_argument("--step", type=float, default=d.step, metavar="S",
                    help="object step, a fraction of the full projection step (default: %(default)s)")
     a.add_argument("--momentum", type=float, default=d.momentum, metavar="M",
@@ -239,7 +243,7 @@ def add_cli_arguments(p: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> RefineConfig:
     options = RefineOptions(
-        epochs=args.epochs, max_time=args.max_time, batch_size=args.batch_size, loss=args.loss, step=args.step,
+        epochs=args.epochs, max_time=args.max_time, batch_size=args.batch_size, loss=args.loss, subpixel=args.subpixel, step=args.step,
         momentum=args.momentum, seed=args.seed, refine_probe=args.refine_probe, probe_start=args.probe_start,
         probe_modes=args.probe_modes, refine_positions=args.refine_positions,
         positions_start=args.positions_start, max_position_correction=args.max_position_correction)

@@ -86,6 +86,29 @@ def test_flat_start_recovers_the_object_unmirrored_and_unshifted(data):
     assert losses[-1] < 0.01 * losses[0]
 
 
+def test_fourier_subpixel_model(data):
+    """At integer positions both sub-pixel models give the same amplitudes; at fractional ones
+    the Fourier model reconstructs the object too, unmirrored (the shift's sign)."""
+    a = Refiner(data, RefineOptions(subpixel="bilinear"))
+    b = Refiner(data, RefineOptions(subpixel="fourier"))
+    tl = torch.round(a.state.top_left[:20])
+    obj = torch.as_tensor(data.object)
+    with torch.no_grad():
+        fa, fb = a.forward(obj, a.state.probe, tl)[0], b.forward(obj, b.state.probe, tl)[0]
+    assert float((fa - fb).abs().max()) <= 1e-4 * float(fa.abs().max())
+    # the true object fits the (bilinear, fractional-position) data better under a correct
+    # shift than under the mirrored one
+    frac = a.state.top_left[:40]
+    X = a._patterns(torch.arange(40))
+    with torch.no_grad():
+        right = float(b.batch_loss(obj, b.state.probe, frac, X))
+        mirrored = float(b.batch_loss(obj, b.state.probe, 2 * torch.round(frac) - frac, X))
+    assert right < 0.5 * mirrored, (right, mirrored)
+    r = Refiner(data, RefineOptions(epochs=40, subpixel="fourier")).run()
+    amp, phase = scores(r.state.object.numpy(), data)
+    assert amp > 0.95 and phase > 0.95, (amp, phase)
+
+
 def test_noisy_data_and_poisson_loss(data):
     noisy = small(noise=True)
     for loss in ("amplitude", "poisson"):
