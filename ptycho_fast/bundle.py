@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,7 @@ import numpy as np
 import torch
 
 from . import physics
+from .data.dataset import one_line, read_npy_header
 from .files import UserError, atomic_directory
 from .runtime import package_version
 from .model import NetworkConfig, PtychoPINNNet
@@ -69,8 +71,16 @@ REQUIRED_FIELDS = (
 )
 
 
+#: the largest bundle.json read (a real one is a few kB)
+MAX_JSON_BYTES = 1 << 20
+
+
 class BundleError(UserError):
-    """A model bundle is missing, incomplete, inconsistent or of an unknown version."""
+    """A model bundle is missing, incomplete, inconsistent or of an unknown version. The
+    message is always one line of at most ``data.dataset.MESSAGE_LIMIT`` characters."""
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(one_line(message))
 
 
 def have_safetensors() -> bool:
@@ -181,12 +191,25 @@ def _atomic_dir(path: Path):
 
 def _positive(name: str, value) -> float:
     try:
+        if isinstance(value, bool):
+            raise TypeError
         v = float(value)
+    except OverflowError:
+        raise BundleError(f"{name} must be a finite number > 0, got {_short(value)}") from None
     except (TypeError, ValueError):
-        raise BundleError(f"{name} must be a number > 0, got {value!r}") from None
+        raise BundleError(f"{name} must be a number > 0, got {_short(value)}") from None
     if not (math.isfinite(v) and v > 0):
-        raise BundleError(f"{name} must be a finite number > 0, got {value!r}")
+        raise BundleError(f"{name} must be a finite number > 0, got {_short(value)}")
     return v
+
+
+def _short(value, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters (a value from a file may be huge)."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int too long for repr (sys.get_int_max_str_digits)
+        return f"an integer of more than {sys.get_int_max_str_digits()} digits"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def save_bundle(path, model: PtychoPINNNet, *, intensity_scale: float, probe_gain: float,
@@ -316,6 +339,16 @@ def _verify_checksum(path: Path, expected, what: str) -> None:
                           f"file has sha256 {got}); the bundle is corrupt or was edited")
 
 
+def _torch_load_error(exc: Exception) -> str:
+    """The gist of a ``torch.load(weights_only=True)`` refusal (its message is a page of advice)."""
+    text = str(exc)
+    if "Unsupported" in text:  # e.g. "Unsupported global: GLOBAL os.system was not an allowed ..."
+        detail = text[text.index("Unsupported"):].split(". ")[0].splitlines()[0].strip()
+        return f"refusing to unpickle anything but tensors: {detail}"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
 def _load_state_dict(path: Path, fmt: str) -> dict[str, torch.Tensor]:
     if fmt == "safetensors":
         if not have_safetensors():
@@ -323,18 +356,54 @@ def _load_state_dict(path: Path, fmt: str) -> dict[str, torch.Tensor]:
                               "(pip install safetensors)")
         from safetensors.torch import load_file
         try:
-            return load_file(str(path), device="cpu")
+            state = load_file(str(path), device="cpu")
+        except MemoryError:
+            raise BundleError(f"{path}: too large to load into memory") from None
         except Exception as exc:  # safetensors raises its own error types
             raise BundleError(f"{path}: not a readable safetensors file ({exc})") from None
+        return state
     if fmt == "torch":
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
+        except MemoryError:
+            raise BundleError(f"{path}: too large to load into memory") from None
         except Exception as exc:
-            raise BundleError(f"{path}: not a readable weights-only torch file ({exc})") from None
+            raise BundleError(f"{path}: not a readable weights-only torch file "
+                              f"({_torch_load_error(exc)})") from None
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
             raise BundleError(f"{path}: expected a state dict of tensors")
         return state
-    raise BundleError(f"weights.format must be 'safetensors' or 'torch', got {fmt!r}")
+    raise BundleError(f"{path}: weights.format must be 'safetensors' or 'torch', got {_short(fmt)}")
+
+
+def _load_probe(path: Path, N: int, shape: list) -> np.ndarray:
+    """probe.npy as complex (N, N) / (M, N, N) of ``shape``, never unpickled, its header
+    checked against the file's size before numpy allocates the array."""
+    try:
+        with open(path, "rb") as f:
+            found, _, dtype, nbytes = read_npy_header(f)
+            header = f.tell()
+        size = path.stat().st_size
+    except (ValueError, OSError, EOFError) as exc:
+        raise BundleError(f"{path}: not a readable .npy array ({exc})") from None
+    if dtype.hasobject:
+        raise BundleError(f"{path}: holds Python objects (pickled); a probe is read without "
+                          "pickle, refusing to load it")
+    if len(found) not in (2, 3) or found[-2:] != (N, N) or list(found) != shape or dtype.kind != "c":
+        raise BundleError(f"{path}: probe must be complex (N, N) or (M, N, N) with N = {N} and "
+                          f"shape {shape} (bundle.json), got {dtype} of shape {_short(found)}")
+    if header + nbytes > size:
+        raise BundleError(f"{path}: declares shape {found} ({nbytes} bytes) but holds "
+                          f"{max(size - header, 0)} (truncated or corrupt)")
+    try:
+        probe = np.load(path, allow_pickle=False)
+    except MemoryError:
+        raise BundleError(f"{path}: too large to load into memory") from None
+    except (ValueError, OSError, EOFError) as exc:
+        raise BundleError(f"{path}: not a readable .npy array without pickle ({exc})") from None
+    if not np.isfinite(probe).all() or not np.abs(probe).any():
+        raise BundleError(f"{path}: probe contains NaN/Inf or is zero everywhere")
+    return probe
 
 
 def load_bundle(path, device="cpu") -> Bundle:
@@ -343,17 +412,25 @@ def load_bundle(path, device="cpu") -> Bundle:
     bundle_dir = find_bundle_dir(path)
     where = str(bundle_dir / BUNDLE_JSON)
     try:
+        size = (bundle_dir / BUNDLE_JSON).stat().st_size
+        if size > MAX_JSON_BYTES:
+            raise BundleError(f"{where}: {size} bytes; a bundle.json is a few kB (at most "
+                              f"{MAX_JSON_BYTES}); not read")
         text = (bundle_dir / BUNDLE_JSON).read_text()
         info = json.loads(text)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except RecursionError:
+        raise BundleError(f"{where}: not readable JSON (nested too deeply)") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:  # ValueError: JSONDecodeError, huge ints
+        if isinstance(exc, BundleError):
+            raise
         raise BundleError(f"{where}: not readable JSON ({exc})") from None
     if not isinstance(info, dict):
         raise BundleError(f"{where}: expected a JSON object")
     if info.get("format") != FORMAT:
-        raise BundleError(f"{where}: format is {info.get('format')!r}, expected {FORMAT!r}")
+        raise BundleError(f"{where}: format is {_short(info.get('format'))}, expected {FORMAT!r}")
     version = info.get("format_version")
     if version not in SUPPORTED_VERSIONS or isinstance(version, bool):
-        raise BundleError(f"{where}: unknown format_version {version!r}; this ptycho_fast "
+        raise BundleError(f"{where}: unknown format_version {_short(version)}; this ptycho_fast "
                           f"({package_version()}) reads version(s) "
                           f"{', '.join(map(str, SUPPORTED_VERSIONS))}")
     _check_fields(info, where)
@@ -364,8 +441,15 @@ def load_bundle(path, device="cpu") -> Bundle:
         net = info["network"]
         config = NetworkConfig(N=info["N"], gridsize=info["gridsize"], width=net["width"],
                                amp_activation=net["amp_activation"], filters=net["filters"])
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, OverflowError) as exc:
         raise BundleError(f"{where}: bad network settings: {exc}") from None
+    try:  # the parameter shapes, allocating nothing (a huge gridsize or width must not)
+        with torch.device("meta"):
+            expected = {k: tuple(v.shape) for k, v in PtychoPINNNet(config).state_dict().items()}
+    except Exception as exc:  # noqa: BLE001 - torch's errors for impossible sizes vary
+        raise BundleError(f"{where}: bad network settings (N = {config.N}, gridsize "
+                          f"{_short(config.gridsize)}, width {_short(config.width)}): "
+                          f"{type(exc).__name__}: {exc}") from None
 
     ob = info["object_big"]
     if ob["window"] not in WINDOWS:
@@ -374,35 +458,27 @@ def load_bundle(path, device="cpu") -> Bundle:
     canvas = ob["local_canvas_size"]
     if canvas is not None and (not isinstance(canvas, int) or isinstance(canvas, bool) or canvas < config.N):
         raise BundleError(f"{where}: object_big.local_canvas_size must be null or an integer "
-                          f">= N = {config.N}, got {canvas!r}")
+                          f">= N = {config.N}, got {_short(canvas)}")
 
-    # Probe: no pickle, checksum, shape.
+    # Probe: no pickle, checksum, shape; the .npy header checked before anything is allocated.
     pinfo = info["probe"]
+    shape = pinfo["shape"]
+    if not isinstance(shape, list) or len(shape) not in (2, 3) \
+            or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
+        raise BundleError(f"{where}: probe.shape must be a list of 2 or 3 integers, got {_short(shape)}")
     probe_path = _file_in_bundle(bundle_dir, pinfo["file"], "probe")
     _verify_checksum(probe_path, pinfo["sha256"], "probe")
-    try:
-        probe = np.load(probe_path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise BundleError(f"{probe_path}: not a readable .npy array without pickle ({exc})") from None
-    if probe.ndim not in (2, 3) or probe.shape[-2:] != (config.N, config.N) \
-            or list(probe.shape) != list(pinfo["shape"]) or not np.iscomplexobj(probe):
-        raise BundleError(f"{probe_path}: probe must be complex (N, N) or (M, N, N) with N = "
-                          f"{config.N} and shape {pinfo['shape']} (bundle.json), got "
-                          f"{probe.dtype} of shape {probe.shape}")
-    if not np.isfinite(probe).all() or not np.abs(probe).any():
-        raise BundleError(f"{probe_path}: probe contains NaN/Inf or is zero everywhere")
+    probe = _load_probe(probe_path, config.N, shape)
 
     # Weights: checksum, no code execution, exact keys and shapes.
     winfo = info["weights"]
     weights_path = _file_in_bundle(bundle_dir, winfo["file"], "weights")
     _verify_checksum(weights_path, winfo["sha256"], "weights")
     state = _load_state_dict(weights_path, winfo["format"])
-    model = PtychoPINNNet(config)
-    expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
-    wrong = [f"{k} {tuple(state[k].shape)} (expected {tuple(v.shape)})"
-             for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    wrong = [f"{k} {tuple(state[k].shape)} (expected {v})"
+             for k, v in expected.items() if k in state and tuple(state[k].shape) != v]
     if missing or unexpected or wrong:
         parts = []
         if missing:
@@ -417,6 +493,7 @@ def load_bundle(path, device="cpu") -> Bundle:
     bad = [k for k, v in state.items() if not v.is_floating_point() or not bool(torch.isfinite(v).all())]
     if bad:
         raise BundleError(f"{weights_path}: non-float or non-finite weights: {', '.join(bad[:5])}")
+    model = PtychoPINNNet(config)  # only now: its size matches the weights file's
     model.load_state_dict(state)
     model.eval().to(device)
     return Bundle(model=model, network=config, intensity_scale=s, probe_gain=g,

@@ -20,12 +20,14 @@ import importlib
 import sys
 from typing import Sequence
 
+from .runtime import package_version
+
 __all__ = ["COMMANDS", "main", "build_parser", "EXIT_USER_ERROR"]
 
 PROG = "ptycho-fast"
 EXIT_USER_ERROR = 2
 
-#: command name -> module implementing it (add ``train``, ``infer``, ``evaluate`` here)
+#: command name -> module implementing it (a new command: add its module here)
 COMMANDS: dict[str, str] = {
     "simulate": "ptycho_fast.simulate",
     "train": "ptycho_fast.train",
@@ -34,6 +36,7 @@ COMMANDS: dict[str, str] = {
     "evaluate": "ptycho_fast.evaluate",
     "compare": "ptycho_fast.compare",
     "info": "ptycho_fast.info",
+    "convert": "ptycho_fast.convert",
 }
 
 
@@ -48,17 +51,9 @@ class _Parser(argparse.ArgumentParser):
         raise _UsageError(f"{message} (see '{self.prog} --help')")
 
 
-def _version() -> str:
-    try:
-        from importlib.metadata import version
-        return version("ptycho_fast")
-    except Exception:  # not installed (run from a checkout)
-        return "unknown (not installed)"
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Fast physics-informed ptychographic reconstruction.")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for name, module_name in COMMANDS.items():

@@ -1,4 +1,4 @@
-"""The coordinate convention, converted in exactly one place (DESIGN.md §3, docs/data.md).
+"""The coordinate convention, converted in exactly one place (docs/design.md §3, docs/data.md).
 
 Data files (PtychoPINN NPZ, our HDF5) hold each scan position as the **probe centre in
 object pixels**: ``xcoords`` is the column, ``ycoords`` the row. In memory, positions are
@@ -15,9 +15,17 @@ pixel. A patch of size N centred at ``(y, x)`` has its top-left pixel at
               |            :             |
     row y+N/2-1 +----------+-------------+
 
-ptychodus product files hold positions in metres relative to the object centre;
-``metres_to_pixels`` / ``pixels_to_metres`` convert them (ptychodus' own mapping:
-``x_px = (x_m - centre_x_m) / pixel_width_m + W/2``).
+ptychodus product files hold positions in metres. ptychodus (1.7.0: ``api/object.py``
+``ObjectGeometry``, ``api/probe.py`` ``ProbeGeometry.resolve_patch_bounds``) puts the
+object centre at pixel ``(W-1)/2`` and a probe position at the **geometric middle** of its
+patch, which starts at ``centre - (N-1)/2``; ours is at patch pixel ``N/2``, half a pixel
+further. So the same placement (the same object pixels under the same probe pixels) has
+**ptychodus pixel = ours - 1/2** in each axis (:func:`to_ptychodus_pixels`,
+:func:`from_ptychodus_pixels`), and in metres (:func:`pixels_to_metres`,
+:func:`metres_to_pixels`)::
+
+    x_m = centre_x_m + pixel_width_m  * ((col - 1/2) - (W - 1)/2)     # = ... * (col - W/2)
+    y_m = centre_y_m + pixel_height_m * ((row - 1/2) - (H - 1)/2)
 
 Every other module calls these functions instead of writing ``± N/2`` itself. They work
 on numpy arrays and torch tensors alike and keep the input's type and float dtype.
@@ -33,7 +41,11 @@ import numpy as np
 __all__ = [
     "centres_to_top_left", "top_left_to_centres", "positions_from_xy", "xy_from_positions",
     "pixels_to_metres", "metres_to_pixels", "CanvasFrame", "canvas_frame",
+    "to_ptychodus_pixels", "from_ptychodus_pixels", "PTYCHODUS_PIXEL_OFFSET",
 ]
+
+#: ptychodus' object-pixel coordinate of a probe position is ours minus this (both axes)
+PTYCHODUS_PIXEL_OFFSET = 0.5
 
 
 def _half(n: int) -> float:
@@ -84,30 +96,48 @@ def xy_from_positions(positions) -> tuple[np.ndarray, np.ndarray]:
     return pos[..., 1].copy(), pos[..., 0].copy()
 
 
+def to_ptychodus_pixels(positions) -> np.ndarray:
+    """Our (P, 2) (row, col) probe centres -> ptychodus' object-pixel coordinates (row, col)
+    of the same placement: ``ours - 1/2`` (ptychodus' patch starts at ``c - (N-1)/2``, ours
+    at ``c - N/2``)."""
+    return np.asarray(positions, dtype=np.float64) - PTYCHODUS_PIXEL_OFFSET
+
+
+def from_ptychodus_pixels(positions) -> np.ndarray:
+    """ptychodus' object-pixel coordinates (row, col) -> our probe centres: ``+ 1/2``."""
+    return np.asarray(positions, dtype=np.float64) + PTYCHODUS_PIXEL_OFFSET
+
+
+def _object_frame(object_shape, pixel_size_m, centre_m):
+    h, w = (float(s) for s in object_shape[-2:])
+    dy, dx = np.broadcast_to(np.asarray(pixel_size_m, dtype=np.float64), (2,))
+    cy, cx = (float(c) for c in centre_m)
+    return h, w, float(dy), float(dx), cy, cx
+
+
 def pixels_to_metres(positions, object_shape, pixel_size_m, centre_m=(0.0, 0.0)) -> tuple[np.ndarray, np.ndarray]:
     """(P, 2) (row, col) centres in object pixels -> ptychodus ``(x_m, y_m)``.
 
     ``object_shape`` is (H, W); ``pixel_size_m`` a scalar or (height_m, width_m);
-    ``centre_m`` the object centre (y_m, x_m) in metres.
+    ``centre_m`` the object centre (y_m, x_m) in metres. ptychodus' mapping
+    (``ObjectGeometry.map_coordinates_object_to_probe``) applied to
+    :func:`to_ptychodus_pixels`: ``x_m = centre_x_m + pixel_width_m * (x_pty - (W-1)/2)``.
     """
-    pos = np.asarray(positions, dtype=np.float64)
-    h, w = (float(s) for s in object_shape[-2:])
-    dy, dx = np.broadcast_to(np.asarray(pixel_size_m, dtype=np.float64), (2,))
-    cy, cx = (float(c) for c in centre_m)
-    x_m = cx + dx * (pos[..., 1] - w / 2.0)
-    y_m = cy + dy * (pos[..., 0] - h / 2.0)
+    h, w, dy, dx, cy, cx = _object_frame(object_shape, pixel_size_m, centre_m)
+    pty = to_ptychodus_pixels(positions)
+    x_m = cx + dx * (pty[..., 1] - (w - 1.0) / 2.0)
+    y_m = cy + dy * (pty[..., 0] - (h - 1.0) / 2.0)
     return x_m, y_m
 
 
 def metres_to_pixels(x_m, y_m, object_shape, pixel_size_m, centre_m=(0.0, 0.0)) -> np.ndarray:
     """ptychodus ``(x_m, y_m)`` -> (P, 2) (row, col) centres in object pixels (inverse of
-    :func:`pixels_to_metres`)."""
-    h, w = (float(s) for s in object_shape[-2:])
-    dy, dx = np.broadcast_to(np.asarray(pixel_size_m, dtype=np.float64), (2,))
-    cy, cx = (float(c) for c in centre_m)
-    col = (np.asarray(x_m, dtype=np.float64) - cx) / dx + w / 2.0
-    row = (np.asarray(y_m, dtype=np.float64) - cy) / dy + h / 2.0
-    return positions_from_xy(col, row)
+    :func:`pixels_to_metres`): ptychodus' ``map_coordinates_probe_to_object``, then
+    :func:`from_ptychodus_pixels`."""
+    h, w, dy, dx, cy, cx = _object_frame(object_shape, pixel_size_m, centre_m)
+    col = (np.asarray(x_m, dtype=np.float64) - cx) / dx + (w - 1.0) / 2.0
+    row = (np.asarray(y_m, dtype=np.float64) - cy) / dy + (h - 1.0) / 2.0
+    return from_ptychodus_pixels(positions_from_xy(col, row))
 
 
 @dataclass

@@ -24,9 +24,12 @@ import argparse
 import json
 import math
 import os
+import struct
 import sys
+import tokenize
 import warnings
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -40,8 +43,8 @@ _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 
 
 def _version() -> str:
-    from .cli import _version as v
-    return v()
+    from .runtime import package_version
+    return package_version()
 
 
 def _shape(x) -> list[int]:
@@ -49,40 +52,91 @@ def _shape(x) -> list[int]:
 
 
 # ----------------------------------------------------------------------------- stored arrays
+#: what reading one damaged .npy header of a ZIP member can raise (zlib.error: a corrupt
+#: deflate stream; NotImplementedError: an unknown compression; RuntimeError: encrypted;
+#: TokenError / SyntaxError: numpy parsing a damaged header dictionary)
+_MEMBER_ERRORS = (ValueError, OSError, EOFError, zlib.error, NotImplementedError, RuntimeError,
+                  zipfile.BadZipFile, struct.error, SyntaxError, tokenize.TokenError, RecursionError,
+                  MemoryError, OverflowError, TypeError, KeyError, IndexError)
+
+
 def _npz_arrays(path: Path) -> list[dict]:
     """Name, shape, dtype of each array in an NPZ, from the .npy headers (nothing loaded,
-    nothing unpickled)."""
+    nothing unpickled). A member whose header cannot be read is listed as unreadable;
+    DataError when the archive itself cannot be read."""
     out = []
     try:
         with zipfile.ZipFile(path) as zf:
             for info in zf.infolist():
                 name = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
-                with zf.open(info) as f:
-                    try:
+                try:
+                    with zf.open(info) as f:
                         version = np.lib.format.read_magic(f)
                         if version == (1, 0):
                             shape, _, dtype = np.lib.format.read_array_header_1_0(f)
                         else:
                             shape, _, dtype = np.lib.format.read_array_header_2_0(f)
-                        out.append({"name": name, "shape": list(shape), "dtype": str(dtype)})
-                    except ValueError as exc:
-                        out.append({"name": name, "shape": None, "dtype": f"unreadable ({exc})"})
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise DataError(f"{path}: not a readable NPZ file ({exc})") from None
+                    out.append({"name": name, "shape": [int(s) for s in shape], "dtype": str(dtype)})
+                except _MEMBER_ERRORS as exc:
+                    out.append({"name": name, "shape": None,
+                                "dtype": f"unreadable ({type(exc).__name__}: {_short(exc, 120)})"})
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError, RuntimeError,
+            zlib.error, struct.error, OverflowError, KeyError, IndexError, TypeError) as exc:
+        raise DataError(f"{path}: not a readable NPZ file ({type(exc).__name__}: {_short(exc)})") from None
     return out
 
 
-def _h5_arrays(path: Path) -> tuple[list[dict], dict]:
-    import h5py
-    out, attrs = [], {}
-    with h5py.File(path, "r") as f:
-        for k, v in f.attrs.items():
-            attrs[k] = _jsonable(v)
+def _short(text, limit: int = 200) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
-        def visit(name, obj):
-            if isinstance(obj, h5py.Dataset):
-                out.append({"name": name, "shape": list(obj.shape), "dtype": str(obj.dtype)})
-        f.visititems(visit)
+
+def _h5_arrays(path: Path) -> tuple[list[dict], dict]:
+    """Name, shape, dtype of each dataset of an HDF5 file (nothing read) and its ``format`` /
+    ``format_version`` attributes (read by type: a damaged file's variable-length values are
+    never decoded blindly). DataError when the file cannot be read."""
+    import h5py
+    from .data.ptychodus import _H5_ERRORS, text_attributes
+    out: list[dict] = []
+    try:
+        with h5py.File(path, "r") as f:
+            try:
+                attrs = text_attributes(f, ("format", "format_version"), path)
+            except DataError as exc:  # e.g. a corrupt global heap: described without them
+                attrs = {"problem": str(exc)}
+            version = attrs.get("format_version")
+            if version is not None:
+                try:
+                    number = float(version)
+                    attrs["format_version"] = int(number) if number.is_integer() else number
+                except (TypeError, ValueError, OverflowError):
+                    pass
+
+            def visit(name, obj):
+                if isinstance(obj, h5py.Dataset):
+                    try:
+                        out.append({"name": name, "shape": None if obj.shape is None else list(obj.shape),
+                                    "dtype": str(obj.dtype)})
+                    except _H5_ERRORS as exc:  # a damaged header or an unsupported type
+                        out.append({"name": name, "shape": None,
+                                    "dtype": f"unreadable ({type(exc).__name__}: {_short(exc, 120)})"})
+            try:
+                f.visititems(visit)
+            except _H5_ERRORS:  # one damaged object header stops the walk: list the top level
+                out.clear()
+                for name in f.keys():
+                    try:
+                        obj = f.get(name)
+                    except _H5_ERRORS as exc:
+                        out.append({"name": name, "shape": None,
+                                    "dtype": f"unreadable ({type(exc).__name__}: {_short(exc, 120)})"})
+                        continue
+                    visit(name, obj)
+    except DataError:
+        raise
+    except _H5_ERRORS as exc:
+        raise DataError(f"{path}: not a readable HDF5 file (truncated or corrupt: "
+                        f"{type(exc).__name__}: {_short(exc)})") from None
     return out, attrs
 
 
@@ -165,7 +219,7 @@ def describe_dataset(path) -> dict:
             "metadata": ds.metadata.to_dict(),
             "versions": {"file_format_version": attrs.get("format_version"),
                          "file_format": attrs.get("format"), "ptycho_fast": _version()},
-            "warnings": [str(w.message) for w in caught],
+            "warnings": [str(w.message) for w in caught] + ([attrs["problem"]] if attrs.get("problem") else []),
         }
     finally:
         ds.close()
@@ -195,22 +249,37 @@ def _median_step(pos: np.ndarray) -> float | None:
 # ----------------------------------------------------------------------------- bundles
 def describe_bundle(path) -> dict:
     """Facts about a model bundle, read from bundle.json; ``valid`` says whether
-    ``load_bundle`` accepts it (checksums, shapes, required fields)."""
-    from .bundle import BUNDLE_JSON, find_bundle_dir, load_bundle
+    ``load_bundle`` accepts it (checksums, shapes, required fields). The fields are reported
+    as stored, whatever their type (a damaged bundle.json is described, not trusted)."""
+    from .bundle import BUNDLE_JSON, MAX_JSON_BYTES, find_bundle_dir, load_bundle
     bdir = find_bundle_dir(path)
+    where = bdir / BUNDLE_JSON
     try:
-        info = json.loads((bdir / BUNDLE_JSON).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{bdir / BUNDLE_JSON}: not readable JSON ({exc})") from None
+        size = where.stat().st_size
+        if size > MAX_JSON_BYTES:
+            raise UserError(f"{where}: {size} bytes; a bundle.json is a few kB (at most "
+                            f"{MAX_JSON_BYTES}); not read")
+        info = json.loads(where.read_text())
+    except RecursionError:
+        raise UserError(f"{where}: not readable JSON (nested too deeply)") from None
+    except (OSError, ValueError) as exc:  # ValueError: JSONDecodeError, UnicodeDecodeError, huge ints
+        if isinstance(exc, UserError):
+            raise
+        raise UserError(f"{where}: not readable JSON ({_short(exc)})") from None
     if not isinstance(info, dict):
-        raise UserError(f"{bdir / BUNDLE_JSON}: expected a JSON object")
+        raise UserError(f"{where}: expected a JSON object")
     out = {"kind": "bundle", "path": str(bdir)}
     for key in ("format", "format_version", "N", "gridsize", "intensity_scale", "probe_gain", "network",
                 "probe", "weights", "object_big", "training_data", "training", "versions", "created"):
         out[key] = info.get(key)
     weights = info.get("weights") if isinstance(info.get("weights"), dict) else {}
-    wfile = bdir / str(weights.get("file", ""))
-    out["weights_size_bytes"] = os.path.getsize(wfile) if weights.get("file") and wfile.is_file() else None
+    out["weights_size_bytes"] = None
+    if isinstance(weights.get("file"), str) and weights["file"]:
+        try:
+            wfile = bdir / weights["file"]
+            out["weights_size_bytes"] = os.path.getsize(wfile) if wfile.is_file() else None
+        except (OSError, ValueError):  # a name too long, or holding a NUL byte
+            pass
     try:
         bundle = load_bundle(bdir)
         out["valid"] = True
@@ -306,6 +375,11 @@ def _arrays_lines(arrays) -> list[str]:
             for a in arrays]
 
 
+def _mapping(value) -> dict:
+    """A bundle.json field that should be an object: itself, or {} when it is not one."""
+    return value if isinstance(value, dict) else {}
+
+
 def format_text(d: dict) -> str:
     kind = d["kind"]
     L: list[str] = []
@@ -354,30 +428,30 @@ def format_text(d: dict) -> str:
                  + ("" if d["valid"] else "  ** INVALID **"))
         L.append(f"N                   {_fmt(d['N'])}")
         L.append(f"gridsize            {_fmt(d['gridsize'])}")
-        net = d.get("network") or {}
+        net = _mapping(d.get("network"))
         L.append(f"network             {net.get('architecture', '?')}, width {_fmt(net.get('width'))}, filters "
                  f"{_fmt(net.get('filters'))}, amplitude {net.get('amp_activation', '?')}"
                  + (f", {d['n_parameters']:,} parameters" if d.get("n_parameters") else ""))
         L.append(f"intensity scale s   {_fmt(d['intensity_scale'])}  (stored)")
         L.append(f"probe gain g        {_fmt(d['probe_gain'])}  (stored)")
-        probe = d.get("probe") or {}
+        probe = _mapping(d.get("probe"))
         L.append(f"probe               {_fmt(probe.get('shape'))} {probe.get('dtype', '?')} ({probe.get('file', '?')})")
-        w = d.get("weights") or {}
+        w = _mapping(d.get("weights"))
         size = d.get("weights_size_bytes")
         L.append(f"weights             {w.get('file', '?')} ({w.get('format', '?')}"
                  + (f", {size / 1e6:.3g} MB" if size else "") + ")")
-        ob = d.get("object_big") or {}
+        ob = _mapping(d.get("object_big"))
         L.append(f"object_big          enabled {_fmt(ob.get('enabled'))}, window {ob.get('window', '?')}, "
                  f"local canvas {_fmt(ob.get('local_canvas_size'))}")
-        td = d.get("training_data") or {}
+        td = _mapping(d.get("training_data"))
         L.append(f"training data       {td.get('n_patterns', '?')} patterns from {td.get('source', '?')}, "
                  f"{td.get('fingerprint', '?')}")
-        tr = d.get("training") or {}
+        tr = _mapping(d.get("training"))
         if tr:
             L.append("training            " + ", ".join(f"{k} {_fmt(v)}" for k, v in tr.items()
                                                       if not isinstance(v, (dict, list))))
-        v = d.get("versions") or {}
-        L.append("versions            " + ", ".join(f"{k} {val}" for k, val in v.items())
+        v = _mapping(d.get("versions"))
+        L.append("versions            " + ", ".join(f"{k} {_short(val, 80)}" for k, val in v.items())
                  + (f"; created {d['created']}" if d.get("created") else ""))
         L.append(f"valid               {'yes (checksums, shapes and fields verified)' if d['valid'] else 'NO: ' + d['problem']}")
     elif kind == "reconstruction":
@@ -418,10 +492,26 @@ def add_cli_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print machine-readable JSON instead of text")
 
 
+def to_json(d: dict) -> str:
+    """``d`` as strict JSON (a NaN or infinite value read from a bundle.json becomes the
+    string 'nan' / 'inf' / '-inf')."""
+    return json.dumps(_finite(d), indent=2, allow_nan=False, default=_jsonable)
+
+
+def _finite(v):
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    if isinstance(v, dict):
+        return {k: _finite(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_finite(x) for x in v]
+    return v
+
+
 def cli_main(args: argparse.Namespace) -> int:
     d = describe(args.file)
     if args.json:
-        sys.stdout.write(json.dumps(d, indent=2, allow_nan=False, default=_jsonable) + "\n")
+        sys.stdout.write(to_json(d) + "\n")
     else:
         print(format_text(d))
     return 0

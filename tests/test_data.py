@@ -89,9 +89,8 @@ def test_npz_to_format_to_dataset_round_trip(tmp_path, fmt, with_object):
     assert detect_format(out) == fmt
     back = load_dataset(out)
     if fmt == "ptychodus":  # counts on disk and metres: float round-off
-        # the ptychodus product has no field for probe_calibrated: unknown on reading
-        assert back.metadata.probe_calibrated is None
-        ds.metadata.probe_calibrated = None
+        # ptychodus has no field for probe_calibrated: our attribute ptycho_fast_probe_calibrated keeps it
+        assert back.metadata.probe_calibrated == ds.metadata.probe_calibrated == 0.0
         assert_same(ds, back, rtol=1e-6, pos_atol=1e-9)
     else:
         assert_same(ds, back)
@@ -111,17 +110,21 @@ def test_ptychodus_product_layout(tmp_path):
     product, diffraction = write_ptychodus(ds, tmp_path / "prod.h5")
     assert diffraction == tmp_path / "prod-diffraction.h5"
     with h5py.File(product, "r") as f:
-        for attr in ("name", "comments", "detector_object_distance_m", "probe_energy_eV",
-                     "probe_photon_count", "exposure_time_s", "mass_attenuation_m2_kg"):
+        # the root attributes ptychodus 1.7.0 writes (ProductFileKeys)
+        for attr in ("name", "comments", "detector_object_distance_m", "photon_energy_eV",
+                     "probe_photon_count", "exposure_time_s", "mass_attenuation_m2_per_kg",
+                     "tomography_angle_deg", "focus_object_distance_m", "tilt_angle_deg", "far_field"):
             assert attr in f.attrs
+        assert "probe_energy_eV" not in f.attrs and "mass_attenuation_m2_kg" not in f.attrs
+        assert f.attrs["photon_energy_eV"] == 9000.0 and f.attrs["detector_object_distance_m"] == 1.5
         for key in ("probe_position_indexes", "probe_position_x_m", "probe_position_y_m", "probe",
                     "object", "object_layer_spacing_m", "loss_epochs", "loss_values"):
             assert key in f
         assert f["object"].shape == (1, 40, 44) and f["probe"].shape == (1, N, N)
         assert f["object"].attrs["pixel_width_m"] == 2e-8
-        # ptychodus' mapping: x_m = centre_x_m + pixel * (col - W/2)
-        np.testing.assert_allclose(f["probe_position_x_m"][()], 2e-8 * (ds.positions[:, 1] - 44 / 2))
-        np.testing.assert_allclose(f["probe_position_y_m"][()], 2e-8 * (ds.positions[:, 0] - 40 / 2))
+        # ptychodus' pixel (ours - 1/2) through its mapping x_m = centre_x_m + pixel * (x_px - (W-1)/2)
+        np.testing.assert_allclose(f["probe_position_x_m"][()], 2e-8 * ((ds.positions[:, 1] - 0.5) - (44 - 1) / 2))
+        np.testing.assert_allclose(f["probe_position_y_m"][()], 2e-8 * ((ds.positions[:, 0] - 0.5) - (40 - 1) / 2))
     with h5py.File(diffraction, "r") as f:
         np.testing.assert_allclose(f["patterns"][()], ds.diffraction.astype(np.float32) ** 2, rtol=1e-6)
         assert f["bad_pixels"].shape == (N, N) and f["indexes"].shape == (24,)

@@ -1,6 +1,6 @@
 """The in-memory dataset type, its validation, and small I/O helpers shared by the formats.
 
-A :class:`PtychoDataset` holds (DESIGN.md §3, docs/data.md):
+A :class:`PtychoDataset` holds (docs/design.md §3, docs/data.md):
 
 * ``diffraction`` (P, N, N) float32 **amplitudes** (sqrt of counts), fftshifted; an
   in-memory array or a lazily read HDF5 dataset (:class:`ptycho_fast.data.hdf5.LazyDiffraction`);
@@ -16,7 +16,10 @@ file, the key and what was expected.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
+import tokenize
 import warnings
 from dataclasses import dataclass, field
 
@@ -30,13 +33,48 @@ from ..files import UserError
 __all__ = [
     "UserError", "DataError", "DataWarning", "Metadata", "PtychoDataset", "atomic_output",
     "as_amplitude", "check_amplitudes", "is_legacy_stack", "untranspose_legacy_stack",
+    "one_line", "read_npy_header", "list_names", "MESSAGE_LIMIT",
 ]
 
 _CHECK_CHUNK = 1024  # patterns per validation block (bounded temporary memory)
+#: the longest error message (the CLI prints it as one line)
+MESSAGE_LIMIT = 480
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+
+
+def one_line(text, limit: int = MESSAGE_LIMIT) -> str:
+    """``text`` on one line (control characters, e.g. newlines from a file's own strings or a
+    library's error, become spaces) and at most ``limit`` characters."""
+    text = _CONTROL.sub(" ", str(text))
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 class DataError(UserError):
-    """A data file is missing, unreadable, or holds keys of the wrong shape, dtype or value."""
+    """A data file is missing, unreadable, or holds keys of the wrong shape, dtype or value.
+    The message is always one line of at most :data:`MESSAGE_LIMIT` characters."""
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(one_line(message))
+
+
+def read_npy_header(f) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+    """``(shape, fortran_order, dtype, nbytes)`` from the header of an .npy stream positioned
+    at its start, without reading the data or unpickling anything; ``nbytes`` is what the
+    header declares (a Python int: no overflow). ValueError when the header is malformed."""
+    try:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version in ((2, 0), (3, 0)):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            raise ValueError(f"unsupported .npy format version {version[0]}.{version[1]}")
+    except (TypeError, OverflowError, SyntaxError, RecursionError, MemoryError, UnicodeDecodeError,
+            tokenize.TokenError) as exc:
+        raise ValueError(f"malformed .npy header ({type(exc).__name__})") from None
+    if any(d < 0 for d in shape):
+        raise ValueError(f"negative dimension in the shape {shape}")
+    return tuple(shape), bool(fortran), dtype, math.prod(shape) * dtype.itemsize
 
 
 class DataWarning(UserWarning):
@@ -50,21 +88,52 @@ def atomic_output(path: str | os.PathLike):
 
 @dataclass
 class Metadata:
-    """Optional acquisition facts (None = unknown). Units are in the names."""
+    """Optional acquisition facts (None = unknown). Units are in the names.
+
+    Every key in :attr:`KEYS` is a finite number, written to NPZ and our HDF5 when known.
+    The keys after ``probe_calibrated`` come from ptychodus products (docs/data.md §5.3);
+    ptycho_fast does not use them, it only keeps them, so a product read and written again
+    (or converted through NPZ / HDF5) still holds them. ``extra`` keeps, in memory only,
+    what a source file holds beyond these numbers (a ptychodus product's name, comments,
+    losses, bad-pixel mask, ...): the writer of the same format restores it.
+    """
     photons_per_pattern: float | None = None  # mean counts per diffraction pattern
-    pixel_size_m: float | None = None         # object pixel size
+    pixel_size_m: float | None = None         # object pixel size (its width when not square)
     energy_eV: float | None = None            # photon energy
     distance_m: float | None = None           # sample-detector distance
     #: 1: the probe is in count units (a pattern of a unit-transmission object has
     #: sum |probe|^2 counts: the simulator's probe), 0: it is not; None: not said
     probe_calibrated: float | None = None
+    pixel_height_m: float | None = None       # object pixel height, when it differs from pixel_size_m
+    object_center_x_m: float | None = None    # ptychodus object centre (x, y) in metres
+    object_center_y_m: float | None = None
+    exposure_time_s: float | None = None      # ptychodus product fields, kept as read
+    mass_attenuation_m2_per_kg: float | None = None
+    tomography_angle_deg: float | None = None
+    tilt_angle_deg: float | None = None
+    focus_object_distance_m: float | None = None
+    far_field: float | None = None            # 1: far-field geometry, 0: near field
+    #: what a source file holds beyond KEYS (not written to NPZ / HDF5; see class doc)
+    extra: dict = field(default_factory=dict, compare=False, repr=False)
 
-    KEYS = ("photons_per_pattern", "pixel_size_m", "energy_eV", "distance_m", "probe_calibrated")
+    KEYS = ("photons_per_pattern", "pixel_size_m", "energy_eV", "distance_m", "probe_calibrated",
+            "pixel_height_m", "object_center_x_m", "object_center_y_m", "exposure_time_s",
+            "mass_attenuation_m2_per_kg", "tomography_angle_deg", "tilt_angle_deg",
+            "focus_object_distance_m", "far_field")
+    _FLAGS = ("probe_calibrated", "far_field")  # 0 or 1
 
     @property
     def says_probe_calibrated(self) -> bool | None:
         """``probe_calibrated`` as True / False, or None when the file does not say."""
         return None if self.probe_calibrated is None else bool(self.probe_calibrated)
+
+    @property
+    def pixel_size_yx_m(self) -> tuple[float, float] | None:
+        """The object pixel as (height, width) in metres, or None when unknown."""
+        if self.pixel_size_m is None:
+            return None
+        height = self.pixel_height_m if self.pixel_height_m is not None else self.pixel_size_m
+        return float(height), float(self.pixel_size_m)
 
     def to_dict(self) -> dict[str, float]:
         """The known values only."""
@@ -83,8 +152,10 @@ class Metadata:
             value = float(raw.reshape(()))
             if not np.isfinite(value):
                 raise DataError(f"{source}: metadata key '{key}': expected a finite number, got {value}")
-            if key == "probe_calibrated" and value not in (0.0, 1.0):
-                raise DataError(f"{source}: metadata key 'probe_calibrated': expected 0 or 1, got {value:g}")
+            if key in cls._FLAGS and value not in (0.0, 1.0):
+                raise DataError(f"{source}: metadata key '{key}': expected 0 or 1, got {value:g}")
+            if key in _POSITIVE_KEYS and value <= 0:
+                raise DataError(f"{source}: metadata key '{key}': expected a positive number, got {value:g}")
             out[key] = value
         return cls(**out)
 
@@ -128,6 +199,23 @@ def untranspose_legacy_stack(diffraction, n_positions: int, where: str):
     if is_legacy_stack(shape, n_positions):
         return np.ascontiguousarray(np.transpose(np.asarray(diffraction), (2, 0, 1)))
     return diffraction
+
+
+#: metadata keys that must be > 0 when a file gives them (a count, a size, an energy, a distance)
+_POSITIVE_KEYS = ("photons_per_pattern", "pixel_size_m", "energy_eV", "distance_m")
+
+
+def list_names(names, limit: int = 12) -> str:
+    """Sorted ``names`` for a message: at most ``limit`` of them, 'nothing' when empty."""
+    names = sorted(str(n) for n in names)
+    if not names:
+        return "nothing"
+    more = f", ... ({len(names)} in all)" if len(names) > limit else ""
+    return ", ".join(n if len(n) <= 40 else n[:37] + "..." for n in names[:limit]) + more
+
+
+def _coordinate(v: float) -> str:
+    return f"{v:.2f}" if abs(v) < 1e9 else f"{v:.3g}"
 
 
 def _describe(arr) -> str:
@@ -259,8 +347,8 @@ class PtychoDataset:
             raise DataError(
                 f"{self.source}: {int(outside.sum())} scan positions lie outside the "
                 f"{H} x {W} object ('{self._key('object')}'); e.g. position {i} at "
-                f"(row {y[i]:.2f}, col {x[i]:.2f}). Positions are probe centres in object "
-                "pixels (xcoords = column, ycoords = row)")
+                f"(row {_coordinate(y[i])}, col {_coordinate(x[i])}). Positions are probe "
+                "centres in object pixels (xcoords = column, ycoords = row)")
         top_left = coords.centres_to_top_left(self.positions, N)
         partial = ((top_left < 0).any(axis=1) | (top_left[:, 0] + N - 1 > H - 1)
                    | (top_left[:, 1] + N - 1 > W - 1))

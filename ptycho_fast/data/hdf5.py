@@ -20,6 +20,7 @@ streamed. :class:`H5DatasetWriter` writes one incrementally (the simulator uses 
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Iterator
@@ -29,7 +30,7 @@ import numpy as np
 
 from .. import coords
 from .dataset import (DataError, Metadata, PtychoDataset, as_amplitude, atomic_output,
-                      check_amplitudes, is_legacy_stack, untranspose_legacy_stack)
+                      check_amplitudes, is_legacy_stack, list_names, untranspose_legacy_stack)
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "LazyDiffraction", "H5DatasetWriter", "read_h5",
            "write_h5", "is_our_h5"]
@@ -54,25 +55,129 @@ def _open_h5(path: Path) -> h5py.File:
         raise DataError(f"{path}: is a directory, expected an HDF5 file")
     try:
         return h5py.File(path, "r")
-    except OSError as exc:
+    except _H5_ERRORS as exc:
         raise DataError(f"{path}: not a readable HDF5 file (truncated or corrupt: {exc})") from None
 
 
+#: what h5py raises on a damaged file (RuntimeError: a corrupt link table; TypeError: a type
+#: with no NumPy equivalent; KeyError: a link that cannot be followed)
+_H5_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError, IndexError)
+#: deflate never unpacks more than ~1032 bytes per stored byte
+_DEFLATE_MAX_RATIO = 1100
+
+
+# Variable-length data (strings written by h5py, sequences) live in the file's global heap,
+# and HDF5 2.0 decodes a corrupt global heap in an endless loop (a free-space object of size
+# 0: H5HG__cache_heap_deserialize never advances) or crashes on a corrupt variable-length
+# type (SIGSEGV in the conversion). Neither can be interrupted from Python, so the readers
+# here never read variable-length values: attributes are read only when their *type* says
+# number or fixed-length string, datasets only when it says number.
+
+def _attribute_type(node, name: str, path) -> np.dtype:
+    try:
+        return node.attrs.get_id(name).dtype
+    except _H5_ERRORS as exc:
+        raise DataError(f"{path}: attribute '{name}' cannot be read (corrupt: {exc})") from None
+
+
+def attribute(node, name: str, path) -> object:
+    """Numeric attribute ``name`` of ``node`` (a file, group or dataset); DataError when it is
+    of another type (refused from the type alone: nothing is decoded) or unreadable."""
+    dtype = _attribute_type(node, name, path)
+    if dtype.kind not in "biufc":
+        raise DataError(f"{path}: attribute '{name}': expected a number, got "
+                        f"{'a string' if h5py.check_string_dtype(dtype) else dtype}")
+    try:
+        return node.attrs[name]
+    except _H5_ERRORS as exc:
+        raise DataError(f"{path}: attribute '{name}' cannot be read (corrupt: {exc})") from None
+
+
 def is_our_h5(f: h5py.File) -> bool:
-    return str(f.attrs.get("format", "")) == FORMAT_NAME
+    """Whether ``f`` is our layout: its ``format`` attribute is ours. A variable-length
+    string (what h5py writes) is not decoded (see above): its presence and any of our
+    required datasets decide (the reader then names what is missing). DataError when the
+    attributes cannot even be listed (a corrupt file)."""
+    try:
+        if "format" not in f.attrs:
+            return False
+    except _H5_ERRORS as exc:
+        raise DataError(f"{f.filename}: not a readable HDF5 file (its attributes cannot be read: "
+                        f"{exc})") from None
+    string = h5py.check_string_dtype(_attribute_type(f, "format", f.filename))
+    if string is None:
+        return False
+    if string.length is None:  # variable length
+        try:
+            return any(k in f for k in _REQUIRED)
+        except _H5_ERRORS as exc:
+            raise DataError(f"{f.filename}: not a readable HDF5 file (truncated or corrupt: "
+                            f"{exc})") from None
+    try:
+        value = f.attrs["format"]
+    except _H5_ERRORS as exc:
+        raise DataError(f"{f.filename}: attribute 'format' cannot be read (corrupt: {exc})") from None
+    if isinstance(value, (bytes, np.bytes_)):
+        value = bytes(value).decode("utf-8", "replace")
+    return str(value) == FORMAT_NAME
 
 
 def _dataset(f: h5py.File, key: str, path: Path) -> h5py.Dataset:
-    obj = f.get(key)
+    try:
+        obj = f.get(key)
+    except _H5_ERRORS as exc:  # e.g. an external link to a missing file
+        raise DataError(f"{path}: key '{key}' cannot be opened ({exc})") from None
     if not isinstance(obj, h5py.Dataset):
         raise DataError(f"{path}: '{key}' is not a dataset")
     return obj
 
 
+def check_storage(dset: h5py.Dataset, path, key: str) -> None:
+    """Refuse, before anything is allocated, a dataset whose declared size is not backed by
+    data in this file: data in other files (virtual or external storage), contiguous data
+    never written or past the end of the file, chunks never written (they would read as the
+    fill value, however large the declared shape), more than deflate can unpack."""
+    if dset.is_virtual:
+        raise DataError(f"{path}: key '{key}' is a virtual dataset (it maps data from other "
+                        "files); not read")
+    if dset.external:
+        raise DataError(f"{path}: key '{key}' keeps its data in external files; not read")
+    if dset.shape is None:
+        raise DataError(f"{path}: key '{key}' holds no data (an empty dataspace)")
+    nbytes = math.prod(dset.shape) * dset.dtype.itemsize
+    if nbytes == 0:
+        return
+    file_size = os.path.getsize(path)
+    stored = dset.id.get_storage_size()
+    what = f"{path}: key '{key}' declares shape {dset.shape} ({nbytes} bytes of {dset.dtype})"
+    if dset.chunks is None:
+        offset = dset.id.get_offset()  # None: compact (in the header) or never written
+        if stored < nbytes or (offset is not None and offset + nbytes > file_size):
+            raise DataError(f"{what} but the file holds {min(stored, file_size)} bytes of it "
+                            "(never written, truncated or corrupt)")
+        return
+    needed = math.prod(-(-s // c) for s, c in zip(dset.shape, dset.chunks))
+    have = dset.id.get_num_chunks()
+    if have < needed or stored > file_size:
+        raise DataError(f"{what} but the file holds {have} of its {needed} chunks "
+                        "(never written, truncated or corrupt)")
+    if dset.compression == "gzip" and nbytes > _DEFLATE_MAX_RATIO * stored + (1 << 20):
+        raise DataError(f"{what} but stores {stored} compressed bytes: more than deflate can "
+                        "unpack (corrupt)")
+
+
 def _read(f: h5py.File, key: str, path: Path) -> np.ndarray:
     try:
-        data = _dataset(f, key, path)[()]
-    except (OSError, RuntimeError, ValueError, KeyError) as exc:
+        dset = _dataset(f, key, path)
+        if dset.dtype.kind not in "biufc":  # refused from the type: nothing decoded
+            raise DataError(f"{path}: key '{key}': expected numbers, got {dset.dtype}")
+        check_storage(dset, path, key)
+        data = dset[()]
+    except DataError:
+        raise
+    except MemoryError:
+        raise DataError(f"{path}: key '{key}' is too large to load into memory") from None
+    except _H5_ERRORS as exc:
         raise DataError(f"{path}: key '{key}' cannot be read (truncated or corrupt: {exc})") from None
     if isinstance(data, bytes) or getattr(data, "dtype", np.float64).kind in "OSUV":
         raise DataError(f"{path}: key '{key}': expected numbers, got {getattr(data, 'dtype', type(data))}")
@@ -137,7 +242,7 @@ class LazyDiffraction:
                 block = np.moveaxis(self._data[:, :, rows], -1, 0)
             else:
                 block = np.asarray(self._data[rows])
-        except (OSError, RuntimeError) as exc:
+        except (OSError, RuntimeError, ValueError, TypeError) as exc:
             raise DataError(f"{self._source}: key '{self._key}' cannot be read "
                             f"(truncated or corrupt: {exc})") from None
         return block
@@ -301,6 +406,70 @@ def write_h5(dataset: PtychoDataset, path: str | os.PathLike, chunk_patterns: in
     return Path(path)
 
 
+def _vector(f: h5py.File, key: str, path: Path) -> np.ndarray:
+    arr = _read(f, key, path)
+    if arr.ndim == 2 and 1 in arr.shape:
+        arr = arr.reshape(-1)
+    if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
+        raise DataError(f"{path}: key '{key}': expected a 1-D array of real numbers, "
+                        f"got {arr.dtype} of shape {arr.shape}")
+    return arr
+
+
+def _check_version(f: h5py.File, path: Path) -> None:
+    if "format_version" not in f.attrs:
+        return
+    version = np.asarray(attribute(f, "format_version", path))
+    if version.size != 1 or version.dtype.kind not in "iuf" or float(version.reshape(())) != FORMAT_VERSION:
+        raise DataError(f"{path}: format_version {version.tolist()!r} is not one this ptycho_fast "
+                        f"reads ({FORMAT_VERSION})")
+
+
+def _read_fields(f: h5py.File, path: Path, lazy: bool) -> dict:
+    """Every field of our layout, checked for what the file itself must get right."""
+    missing = [k for k in _REQUIRED if k not in f]
+    if missing:
+        what = "; ".join(f"'{k}' ({_REQUIRED[k]})" for k in missing)
+        raise DataError(f"{path}: missing key{'s' if len(missing) > 1 else ''} {what}; "
+                        f"found: {list_names(f.keys())}")
+    _check_version(f, path)
+    x = _vector(f, "xcoords", path)
+    y = _vector(f, "ycoords", path)
+    if x.shape != y.shape:
+        raise DataError(f"{path}: keys 'xcoords' and 'ycoords' differ in length ({x.size} vs {y.size})")
+    out = {"positions": coords.positions_from_xy(x, y)}
+    dset = _dataset(f, "diffraction", path)
+    if dset.dtype.kind not in "iufb":
+        raise DataError(f"{path}: key 'diffraction': expected real amplitudes, got {dset.dtype}")
+    if lazy:
+        check_storage(dset, path, "diffraction")
+        if dset.ndim != 3:
+            raise DataError(f"{path}: key 'diffraction': expected a (P, N, N) stack of amplitudes, "
+                            f"got shape {dset.shape}")
+        out["diffraction"] = LazyDiffraction(dset, "diffraction", str(path),
+                                             is_legacy_stack(dset.shape, len(x)), file=f)
+    else:
+        out["diffraction"] = untranspose_legacy_stack(_read(f, "diffraction", path), len(x),
+                                                      f"{path}: key 'diffraction'")
+    out["probe"] = _read(f, "probe", path)
+    out["object"] = _read(f, "object", path) if "object" in f else None
+    out["scan_index"] = _read(f, "scan_index", path).reshape(-1) if "scan_index" in f else None
+    out["positions_start"] = None
+    has = [k in f for k in ("xcoords_start", "ycoords_start")]
+    if any(has):
+        if not all(has):
+            raise DataError(f"{path}: has only one of the keys 'xcoords_start'/'ycoords_start'; "
+                            "expected both or neither")
+        xs, ys = _vector(f, "xcoords_start", path), _vector(f, "ycoords_start", path)
+        if xs.shape != x.shape or ys.shape != x.shape:
+            raise DataError(f"{path}: keys 'xcoords_start'/'ycoords_start' must have {x.size} "
+                            f"entries like 'xcoords', got {xs.size} and {ys.size}")
+        out["positions_start"] = coords.positions_from_xy(xs, ys)
+    out["metadata"] = Metadata.from_mapping(
+        {k: attribute(f, k, path) for k in Metadata.KEYS if k in f.attrs}, str(path))
+    return out
+
+
 def read_h5(path: str | os.PathLike, lazy: bool = False, edge_policy: str = "warn") -> PtychoDataset:
     """Read our HDF5 layout. ``lazy=True`` keeps the diffraction on disk (close the dataset,
     or use it as a context manager, when done)."""
@@ -308,38 +477,16 @@ def read_h5(path: str | os.PathLike, lazy: bool = False, edge_policy: str = "war
     f = _open_h5(path)
     keep_open = False
     try:
-        missing = [k for k in _REQUIRED if k not in f]
-        if missing:
-            what = "; ".join(f"'{k}' ({_REQUIRED[k]})" for k in missing)
-            raise DataError(f"{path}: missing key{'s' if len(missing) > 1 else ''} {what}; "
-                            f"found: {', '.join(sorted(f.keys())) or 'nothing'}")
-        x = _read(f, "xcoords", path).reshape(-1)
-        y = _read(f, "ycoords", path).reshape(-1)
-        if x.shape != y.shape:
-            raise DataError(f"{path}: keys 'xcoords' and 'ycoords' differ in length ({x.size} vs {y.size})")
-        for key, arr in (("xcoords", x), ("ycoords", y)):
-            if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
-                raise DataError(f"{path}: key '{key}': expected real numbers, got {arr.dtype}")
-        positions = coords.positions_from_xy(x, y)
-        dset = _dataset(f, "diffraction", path)
-        if dset.dtype.kind not in "iufb":
-            raise DataError(f"{path}: key 'diffraction': expected real amplitudes, got {dset.dtype}")
-        if lazy:
-            diffraction = LazyDiffraction(dset, "diffraction", str(path),
-                                          is_legacy_stack(dset.shape, len(x)), file=f)
-        else:
-            diffraction = untranspose_legacy_stack(_read(f, "diffraction", path), len(x),
-                                                   f"{path}: key 'diffraction'")
-        probe = _read(f, "probe", path)
-        obj = _read(f, "object", path) if "object" in f else None
-        scan_index = _read(f, "scan_index", path).reshape(-1) if "scan_index" in f else None
-        start = None
-        if "xcoords_start" in f and "ycoords_start" in f:
-            start = coords.positions_from_xy(_read(f, "xcoords_start", path), _read(f, "ycoords_start", path))
-        meta = Metadata.from_mapping({k: f.attrs[k] for k in Metadata.KEYS if k in f.attrs}, str(path))
-        ds = PtychoDataset(diffraction=diffraction, positions=positions, probe=probe, object=obj,
-                           scan_index=scan_index, positions_start=start, metadata=meta,
-                           source=str(path), edge_policy=edge_policy)
+        try:
+            fields = _read_fields(f, path, lazy)
+        except DataError:
+            raise
+        except MemoryError:
+            raise DataError(f"{path}: too large to load into memory") from None
+        except _H5_ERRORS as exc:  # h5py on a damaged file: link tables, attributes, types
+            raise DataError(f"{path}: not a readable HDF5 file (truncated or corrupt: "
+                            f"{type(exc).__name__}: {exc})") from None
+        ds = PtychoDataset(**fields, source=str(path), edge_policy=edge_policy)
         keep_open = lazy
         return ds
     finally:

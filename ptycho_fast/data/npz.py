@@ -10,6 +10,7 @@ object pixels, optional ``objectGuess`` (H, W) complex, ``scan_index``,
 
 from __future__ import annotations
 
+import lzma
 import os
 import struct
 import zipfile
@@ -20,7 +21,7 @@ import numpy as np
 
 from .. import coords
 from .dataset import (DataError, Metadata, PtychoDataset, atomic_output, is_legacy_stack,
-                      untranspose_legacy_stack)
+                      list_names, read_npy_header, untranspose_legacy_stack)
 
 __all__ = ["read_npz", "write_npz", "NPZ_REQUIRED"]
 
@@ -32,7 +33,13 @@ NPZ_REQUIRED = {
     "ycoords": "(P,) probe-centre rows in object pixels",
 }
 
-_READ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, KeyError)
+#: what zipfile / numpy raise on a damaged archive or member (NotImplementedError: an
+#: unknown zip version or compression method; RuntimeError: an encrypted member)
+_READ_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, lzma.LZMAError, EOFError,
+                OSError, ValueError, KeyError, NotImplementedError, RuntimeError, struct.error,
+                OverflowError, UnicodeDecodeError)
+#: deflate never unpacks more than ~1032 bytes per stored byte: a member claiming more is corrupt
+_DEFLATE_MAX_RATIO = 1100
 
 
 def _open(path: Path):
@@ -41,23 +48,64 @@ def _open(path: Path):
     if path.is_dir():
         raise DataError(f"{path}: is a directory, expected an NPZ file")
     try:
+        with zipfile.ZipFile(path):  # a damaged archive fails here, its file closed (np.load
+            pass                     # would leave it open)
         npz = np.load(path, allow_pickle=False)
     except ValueError as exc:
         if "pickle" in str(exc):
             raise DataError(f"{path}: holds pickled Python objects; refusing to load it "
                             "(only plain NPZ arrays are read)") from None
         raise DataError(f"{path}: not a readable NPZ file ({exc})") from None
-    except (zipfile.BadZipFile, EOFError, OSError) as exc:
-        raise DataError(f"{path}: not a readable NPZ file (truncated or corrupt: {exc})") from None
+    except _READ_ERRORS as exc:
+        raise DataError(f"{path}: not a readable NPZ file (truncated or corrupt: "
+                        f"{type(exc).__name__}: {exc})") from None
     if not isinstance(npz, np.lib.npyio.NpzFile):
         raise DataError(f"{path}: is a single .npy array, expected an NPZ archive with the keys "
                         + ", ".join(NPZ_REQUIRED))
     return npz
 
 
+def _check_member(npz, path: Path, key: str) -> None:
+    """Check the zip entry and .npy header of member ``key`` before numpy allocates its array:
+    sizes consistent with the archive (nothing declares more data than it holds), an array of
+    numbers (nothing to unpickle). A member that is not an .npy array is left to ``_get``."""
+    zf = npz.zip
+    member = key if key in zf.namelist() else key + ".npy"  # numpy's rule: the exact name first
+    info = zf.getinfo(member)
+    archive = path.stat().st_size
+    if info.compress_size > archive or (info.compress_type == zipfile.ZIP_STORED
+                                        and info.file_size != info.compress_size) \
+            or (info.compress_type == zipfile.ZIP_DEFLATED
+                and info.file_size > _DEFLATE_MAX_RATIO * info.compress_size + 65536):
+        raise DataError(f"{path}: key '{key}' cannot be read: the zip entry claims {info.file_size} "
+                        f"bytes from {info.compress_size} stored in a {archive}-byte file "
+                        "(truncated or corrupt)")
+    with zf.open(info) as f:
+        if f.read(6) != b"\x93NUMPY":
+            return
+        f.seek(0)
+        try:
+            shape, _, dtype, nbytes = read_npy_header(f)
+        except ValueError as exc:
+            raise DataError(f"{path}: key '{key}' cannot be read: not a valid .npy header ({exc})") from None
+        header = f.tell()
+    if dtype.hasobject:
+        raise DataError(f"{path}: key '{key}' holds Python objects (pickled); refusing to load it")
+    if dtype.kind not in "biufc":
+        raise DataError(f"{path}: key '{key}': expected numbers, got {dtype}")
+    if header + nbytes > info.file_size:
+        raise DataError(f"{path}: key '{key}' declares shape {shape} ({nbytes} bytes of {dtype}) "
+                        f"but holds {max(info.file_size - header, 0)} bytes (truncated or corrupt)")
+
+
 def _get(npz, path: Path, key: str) -> np.ndarray:
     try:
+        _check_member(npz, path, key)
         value = npz[key]
+    except DataError:
+        raise
+    except MemoryError:
+        raise DataError(f"{path}: key '{key}' is too large to load into memory") from None
     except ValueError as exc:
         if "pickle" in str(exc) or "Object arrays" in str(exc):
             raise DataError(f"{path}: key '{key}' holds Python objects (pickled); refusing to "
@@ -88,22 +136,20 @@ def memmap_member(path: Path, key: str) -> np.memmap | None:
             if len(local) < 30 or local[:4] != b"PK\x03\x04":
                 return None
             name_len, extra_len = struct.unpack("<HH", local[26:30])
-            f.seek(info.header_offset + 30 + name_len + extra_len)
-            version = np.lib.format.read_magic(f)
-            if version == (1, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-            elif version == (2, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-            else:
-                return None
+            start = info.header_offset + 30 + name_len + extra_len
+            f.seek(start)
+            shape, fortran, dtype, nbytes = read_npy_header(f)
             offset = f.tell()
-    except (KeyError, ValueError, OSError, zipfile.BadZipFile, struct.error):
+    except _READ_ERRORS:
         return None
-    if fortran or dtype.hasobject or dtype.kind not in "iufb" or len(shape) != 3:
+    if fortran or dtype.hasobject or dtype.kind not in "iufb" or len(shape) != 3 or nbytes == 0:
         return None
-    if offset + int(np.prod(shape)) * dtype.itemsize > os.path.getsize(path):
-        return None  # truncated: the whole read reports it
-    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
+    if offset + nbytes > os.path.getsize(path) or offset + nbytes > start + info.compress_size:
+        return None  # truncated or inconsistent: the whole read reports it
+    try:
+        return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
+    except (ValueError, OSError, OverflowError):
+        return None
 
 
 def _vector(arr: np.ndarray, path: Path, key: str) -> np.ndarray:
@@ -129,7 +175,7 @@ def read_npz(path: str | os.PathLike, edge_policy: str = "warn", lazy: bool = Fa
         if missing:
             what = "; ".join(f"'{k}' ({NPZ_REQUIRED[k]})" for k in missing)
             raise DataError(f"{path}: missing key{'s' if len(missing) > 1 else ''} {what}; "
-                            f"found: {', '.join(sorted(keys)) or 'nothing'}")
+                            f"found: {list_names(keys)}")
         x = _vector(_get(npz, path, "xcoords"), path, "xcoords")
         y = _vector(_get(npz, path, "ycoords"), path, "ycoords")
         if x.shape != y.shape:
