@@ -30,13 +30,13 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from . import physics
 from .data.dataset import one_line, read_npy_header
+from .data.dataset import dataset_fingerprint
 from .files import UserError, atomic_directory
 from .runtime import package_version
 from .model import NetworkConfig, PtychoPINNNet
@@ -97,19 +97,6 @@ def _sha256_file(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def dataset_fingerprint(dataset) -> dict[str, Any]:
-    """Identity of a training set: sha256 over the diffraction (float32), the positions
-    (float64) and the probe (complex64), in that order, streamed block by block; plus its
-    size and source."""
-    h = hashlib.sha256()
-    for _, block in dataset.iter_batches(1024):
-        h.update(np.ascontiguousarray(block, dtype=np.float32).tobytes())
-    h.update(np.ascontiguousarray(dataset.positions, dtype=np.float64).tobytes())
-    h.update(np.ascontiguousarray(dataset.probe, dtype=np.complex64).tobytes())
-    return {"fingerprint": "sha256:" + h.hexdigest(), "n_patterns": int(dataset.n_patterns),
-            "N": int(dataset.N), "source": str(getattr(dataset, "source", "<memory>"))}
 
 
 # ----------------------------------------------------------------------------- the bundle

@@ -50,6 +50,7 @@ from .coords import CanvasFrame, canvas_frame
 from .result_files import (AMPLITUDE_PNG, OBJECT_H5, OBJECT_NPZ, OBJECT_FORMAT, PHASE_PNG,  # noqa: F401
                            PTYCHODUS_PRODUCT, SUMMARY_JSON)
 from .data.dataset import DataWarning
+from .data.hdf5 import COVER_FACTOR, COVER_MIN, covering_slice
 from .files import OutputSet, UserError, atomic_output, jsonable
 from .runtime import check_device_name, resolve_device, versions
 from .object_big import ObjectBig, make_window, ops_backend
@@ -83,10 +84,9 @@ DEFAULT_BATCH_SIZE = 64
 COVERAGE_FLOOR = 1e-6
 #: predicted patches shown in the debug dump
 DEBUG_PATCHES = 16
-#: a batch's patterns are read as one slice when it spans at most this many times their
-#: number of distinct patterns, or at most SPAN_MIN rows (bounded memory either way)
-SPAN_FACTOR = 4
-SPAN_MIN = 256
+#: a batch's patterns are read as one slice when they are compact (the data layer's rule:
+#: at most SPAN_FACTOR times their number of distinct patterns, or SPAN_MIN rows)
+SPAN_FACTOR, SPAN_MIN = COVER_FACTOR, COVER_MIN
 #: warn when this data's intensity scale differs from the model's by more than this factor
 SCALE_WARN_FACTOR = 2.0
 
@@ -294,7 +294,7 @@ def reconstruct(dataset, predictor, *, N: int | None = None, gridsize: int = 1,
                 if guard:
                     _guard(rec, rec.first_batch_stats, collapse_floor, allow_degenerate,
                            "after the first batch", on_warning, model_intensity_scale)
-            _stitch_batch(backend, patches, top_left_t[torch.as_tensor(idx, device=device)], win,
+            _stitch_batch(backend, patches, top_left_t[torch.as_tensor(idx, device=device)], top_left[idx], win,
                           canvas, weight, N)
             _sync(device)
             t4 = time.perf_counter()
@@ -366,21 +366,22 @@ class _PatternReader:
 
     def __call__(self, idx: np.ndarray) -> np.ndarray:
         uniq = np.unique(idx)
-        lo, hi = int(uniq[0]), int(uniq[-1]) + 1
-        if hi - lo <= max(SPAN_FACTOR * len(uniq), SPAN_MIN):
-            return self._rows(lo, hi)[idx - lo]
+        cover = covering_slice(uniq)
+        if cover is not None:
+            return self._rows(*cover)[idx - cover[0]]
         self.rows_read += len(uniq)
         return np.asarray(self.dataset.diffraction[uniq], dtype=np.float32)[np.searchsorted(uniq, idx)]
 
 
-def _stitch_batch(backend: _Backend, patches: torch.Tensor, top_left: torch.Tensor, win: torch.Tensor,
-                  canvas: torch.Tensor, weight: torch.Tensor, N: int) -> None:
+def _stitch_batch(backend: _Backend, patches: torch.Tensor, top_left: torch.Tensor, top_left_host: np.ndarray,
+                  win: torch.Tensor, canvas: torch.Tensor, weight: torch.Tensor, N: int) -> None:
     """Stitch one batch into the bounding box of its patches (the canvas is not touched
     elsewhere), then add the box into the float64 accumulators. Bilinear fractions are
-    unchanged by the integer shift, so this equals stitching into the whole canvas."""
+    unchanged by the integer shift, so this equals stitching into the whole canvas. The box
+    comes from the host copy of the positions (``top_left_host``): no device round trip."""
     H, W = canvas.shape
-    lo = torch.floor(top_left.min(dim=0).values)
-    hi = torch.floor(top_left.max(dim=0).values)
+    lo = np.floor(top_left_host.min(axis=0))
+    hi = np.floor(top_left_host.max(axis=0))
     r0, c0 = max(int(lo[0]), 0), max(int(lo[1]), 0)
     r1, c1 = min(int(hi[0]) + N + 1, H), min(int(hi[1]) + N + 1, W)
     if r1 <= r0 or c1 <= c0:

@@ -102,7 +102,7 @@ def _load(config: RefineConfig, warn):
 
 
 def _run(config: RefineConfig, dist: Dist, device) -> RefineResult:
-    from .bundle import dataset_fingerprint
+    from .data.dataset import dataset_fingerprint
     from .coords import canvas_frame
     quiet = config.quiet or not dist.main
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))

@@ -16,6 +16,7 @@ file, the key and what was expected.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import os
 import re
@@ -32,7 +33,7 @@ from ..files import UserError
 
 __all__ = [
     "UserError", "DataError", "DataWarning", "Metadata", "PtychoDataset", "atomic_output",
-    "as_amplitude", "check_amplitudes", "is_legacy_stack", "untranspose_legacy_stack",
+    "as_amplitude", "check_amplitudes", "dataset_fingerprint", "is_legacy_stack", "untranspose_legacy_stack",
     "one_line", "read_npy_header", "list_names", "MESSAGE_LIMIT",
 ]
 
@@ -433,3 +434,16 @@ class PtychoDataset:
         probe = f"probe {self.probe.shape[0]} modes" if self.probe.ndim == 3 else "probe"
         obj = "no object" if self.object is None else f"object {self.object.shape[0]}x{self.object.shape[1]}"
         return f"{self.n_patterns} patterns N={self.N}, {probe}, {obj}"
+
+
+def dataset_fingerprint(dataset) -> dict[str, Any]:
+    """Identity of a training set: sha256 over the diffraction (float32), the positions
+    (float64) and the probe (complex64), in that order, streamed block by block; plus its
+    size and source."""
+    h = hashlib.sha256()
+    for _, block in dataset.iter_batches(1024):
+        h.update(np.ascontiguousarray(block, dtype=np.float32).tobytes())
+    h.update(np.ascontiguousarray(dataset.positions, dtype=np.float64).tobytes())
+    h.update(np.ascontiguousarray(dataset.probe, dtype=np.complex64).tobytes())
+    return {"fingerprint": "sha256:" + h.hexdigest(), "n_patterns": int(dataset.n_patterns),
+            "N": int(dataset.N), "source": str(getattr(dataset, "source", "<memory>"))}

@@ -191,6 +191,13 @@ COVER_FACTOR = 4
 COVER_MIN = 256
 
 
+def covering_slice(uniq: np.ndarray) -> tuple[int, int] | None:
+    """``(lo, hi)`` when the sorted unique row indices ``uniq`` are compact enough to read as
+    the one slice ``[lo, hi)`` covering them (the rule above), else None."""
+    lo, hi = int(uniq[0]), int(uniq[-1]) + 1
+    return (lo, hi) if hi - lo <= max(COVER_FACTOR * uniq.size, COVER_MIN) else None
+
+
 class LazyDiffraction:
     """A (P, N, N) diffraction stack left on disk: a dataset of an open HDF5 file, or a
     memory map of an uncompressed NPZ member (``data``; ``file`` is the HDF5 file to close,
@@ -255,11 +262,11 @@ class LazyDiffraction:
             raise IndexError(f"index out of range for {self.shape[0]} patterns")
         idx = np.where(idx < 0, idx + self.shape[0], idx)
         uniq, inverse = np.unique(idx, return_inverse=True)
-        lo, hi = int(uniq[0]), int(uniq[-1]) + 1
-        if hi - lo <= max(COVER_FACTOR * uniq.size, COVER_MIN):
+        cover = covering_slice(uniq)
+        if cover is not None:
             # compact (neighbours in a scan): one slice read covering them; the surplus rows
             # cost less than h5py's point selection
-            block = self._read_rows(slice(lo, hi))[uniq - lo]
+            block = self._read_rows(slice(*cover))[uniq - cover[0]]
         else:
             block = self._read_rows(uniq)
         return block[inverse]
