@@ -101,13 +101,34 @@ class OutputSet:
     """All-or-nothing outputs in one directory: each file is written to a temporary name
     beside its target; :meth:`commit` renames every one into place (``os.replace``) only
     after all were written; :meth:`abort` removes the temporaries (and the directory, if
-    this run created it and it is empty)."""
+    this run created it and it is empty).
 
-    def __init__(self, directory: str | os.PathLike):
+    As a context manager it commits when the block ends (the names in ``committed``) and
+    aborts when it raises; an ``OSError`` (a full disk, no permission) becomes a
+    :class:`UserError` naming ``option`` and saying that nothing was written."""
+
+    def __init__(self, directory: str | os.PathLike, option: str = "--out"):
         self.dir = Path(directory)
+        self.option = option
         self.created = not self.dir.exists()
         self.dir.mkdir(exist_ok=True)
         self.pending: dict[str, Path] = {}
+        self.committed: list[str] = []
+
+    def __enter__(self) -> "OutputSet":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                self.committed = self.commit()
+                return
+        except OSError as error:
+            exc = error
+        self.abort()
+        if isinstance(exc, OSError):
+            raise UserError(f"{self.option} {self.dir}: cannot write the results ({exc.strerror or exc}); "
+                            "nothing was written") from None
 
     @contextlib.contextmanager
     def file(self, name: str) -> Iterator[Path]:

@@ -643,12 +643,10 @@ def run_infer(config: InferConfig, predictor=None) -> InferResult:
 
     # ---------------------------------------------------------------- outputs
     out = Path(config.out)
-    outputs = OutputSet(out)
     t_write = time.perf_counter()
     dataset_name = "ptycho_fast sample" if is_sample else Path(data_path).name
     model_name = "sample model" if is_sample else _model_name(bundle.path)
-    files = []
-    try:
+    with OutputSet(out) as outputs:
         arrays = _object_arrays(rec)
         with outputs.file(OBJECT_NPZ) as tmp:
             result_files.write_object_npz(tmp, arrays)
@@ -674,14 +672,7 @@ def run_infer(config: InferConfig, predictor=None) -> InferResult:
                            write_seconds, time.perf_counter() - t_start,
                            list(outputs.pending) + [SUMMARY_JSON])
         outputs.write_json(SUMMARY_JSON, summary)
-        files = outputs.commit()
-    except OSError as exc:
-        outputs.abort()
-        raise UserError(f"--out {out}: cannot write the results ({exc.strerror or exc}); nothing "
-                        "was written") from None
-    except BaseException:
-        outputs.abort()
-        raise
+    files = outputs.committed
 
     if config.debug_dump is not None:
         write_debug_dump(config.debug_dump, rec)

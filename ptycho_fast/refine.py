@@ -405,10 +405,10 @@ class Refiner:
                 s.probe -= (o.probe_step * step / o.step * self.curvature) * g_probe / scale
                 s.probe *= math.sqrt(self.probe_power / max(float((s.probe.abs() ** 2).sum()), 1e-30))
             if positions_on:
-                self._position_update(mine, tl.detach(), grads.pop(0), patches.detach())
+                self._position_update(mine, tl.detach(), grads.pop(0))
         return loss_total
 
-    def _position_update(self, mine, tl, g, patches) -> None:
+    def _position_update(self, mine, tl, g) -> None:
         """Gauss-Newton step per pattern (module doc); every process holds every position,
         so the (P, 2) change is all-reduced."""
         s, o, N = self.state, self.options, self.N

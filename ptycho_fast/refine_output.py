@@ -68,13 +68,11 @@ def write_refinement(out, refiner: Refiner, dataset, *, data_path, init: str | N
                      extra_summary: dict | None = None, title: str | None = None) -> tuple[list[str], dict]:
     """Write every output of a finished refinement into ``out`` (module doc). Returns
     (file names, summary). UserError (nothing written) on an unwritable directory."""
-    out = Path(out)
-    outputs = OutputSet(out)
     arrays = _arrays(refiner)
     history = refiner.state.history
     pixel_size = dataset.metadata.pixel_size_m
     name = title or f"{Path(str(data_path)).name} — refined"
-    try:
+    with OutputSet(out) as outputs:
         with outputs.file(result_files.OBJECT_NPZ) as tmp:
             result_files.write_object_npz(tmp, arrays)
         if "h5" in formats:
@@ -103,14 +101,7 @@ def write_refinement(out, refiner: Refiner, dataset, *, data_path, init: str | N
         summary = _summary(refiner, data_path, init, list(outputs.pending) + [result_files.SUMMARY_JSON],
                            extra_summary or {})
         outputs.write_json(result_files.SUMMARY_JSON, summary)
-        return outputs.commit(), summary
-    except OSError as exc:
-        outputs.abort()
-        raise UserError(f"--out {out}: cannot write the results ({exc.strerror or exc}); nothing was "
-                        "written") from None
-    except BaseException:
-        outputs.abort()
-        raise
+    return outputs.committed, summary
 
 
 def _summary(refiner: Refiner, data_path, init, files, extra: dict) -> dict:

@@ -33,7 +33,7 @@ from ..files import UserError
 
 __all__ = [
     "UserError", "DataError", "DataWarning", "Metadata", "PtychoDataset", "atomic_output",
-    "as_amplitude", "check_amplitudes", "dataset_fingerprint", "is_legacy_stack", "untranspose_legacy_stack",
+    "as_amplitude", "check_amplitudes", "real_vector", "dataset_fingerprint", "is_legacy_stack", "untranspose_legacy_stack",
     "one_line", "read_npy_header", "list_names", "MESSAGE_LIMIT",
 ]
 
@@ -169,6 +169,17 @@ def as_amplitude(block: np.ndarray) -> np.ndarray:
     if np.issubdtype(block.dtype, np.integer) or block.dtype == np.bool_:
         return np.sqrt(block.astype(np.float32))
     return block.astype(np.float32, copy=False)
+
+
+def real_vector(arr: np.ndarray, path, key: str) -> np.ndarray:
+    """``arr`` as a 1-D array of real numbers (a (1, P) or (P, 1) column is flattened);
+    DataError naming the file and key otherwise."""
+    if arr.ndim == 2 and 1 in arr.shape:
+        arr = arr.reshape(-1)
+    if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
+        raise DataError(f"{path}: key '{key}': expected a 1-D array of real numbers, "
+                        f"got {arr.dtype} of shape {arr.shape}")
+    return arr
 
 
 def check_amplitudes(block: np.ndarray, where: str, first_index: int = 0) -> None:

@@ -21,6 +21,7 @@ streamed. :class:`H5DatasetWriter` writes one incrementally (the simulator uses 
 from __future__ import annotations
 
 import math
+import contextlib
 import os
 from pathlib import Path
 from typing import Iterator
@@ -30,7 +31,8 @@ import numpy as np
 
 from .. import coords
 from .dataset import (DataError, Metadata, PtychoDataset, as_amplitude, atomic_output,
-                      check_amplitudes, is_legacy_stack, list_names, untranspose_legacy_stack)
+                      check_amplitudes, is_legacy_stack, list_names, real_vector,
+                      untranspose_legacy_stack)
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "LazyDiffraction", "H5DatasetWriter", "read_h5",
            "write_h5", "is_our_h5"]
@@ -59,9 +61,27 @@ def _open_h5(path: Path) -> h5py.File:
         raise DataError(f"{path}: not a readable HDF5 file (truncated or corrupt: {exc})") from None
 
 
-#: what h5py raises on a damaged file (RuntimeError: a corrupt link table; TypeError: a type
-#: with no NumPy equivalent; KeyError: a link that cannot be followed)
+#: what h5py raises on a damaged file (RuntimeError: a corrupt link table or heap; KeyError: an
+#: unreadable object header or a link that cannot be followed; TypeError: a type with no
+#: NumPy equivalent; IndexError: a damaged filter pipeline)
 _H5_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError, IndexError)
+
+
+@contextlib.contextmanager
+def damaged_file_errors(path, unreadable: str, too_large: str = "too large to load into memory"):
+    """Reading ``path`` inside: what h5py raises on a damaged file becomes the DataError
+    "{path}: {unreadable} (truncated or corrupt: ...)", a failed allocation
+    "{path}: {too_large}"; a DataError passes."""
+    try:
+        yield
+    except DataError:
+        raise
+    except MemoryError:
+        raise DataError(f"{path}: {too_large}") from None
+    except _H5_ERRORS as exc:
+        raise DataError(f"{path}: {unreadable} (truncated or corrupt: {type(exc).__name__}: {exc})") from None
+
+
 #: deflate never unpacks more than ~1032 bytes per stored byte
 _DEFLATE_MAX_RATIO = 1100
 
@@ -167,18 +187,12 @@ def check_storage(dset: h5py.Dataset, path, key: str) -> None:
 
 
 def _read(f: h5py.File, key: str, path: Path) -> np.ndarray:
-    try:
+    with damaged_file_errors(path, f"key '{key}' cannot be read", f"key '{key}' is too large to load into memory"):
         dset = _dataset(f, key, path)
         if dset.dtype.kind not in "biufc":  # refused from the type: nothing decoded
             raise DataError(f"{path}: key '{key}': expected numbers, got {dset.dtype}")
         check_storage(dset, path, key)
         data = dset[()]
-    except DataError:
-        raise
-    except MemoryError:
-        raise DataError(f"{path}: key '{key}' is too large to load into memory") from None
-    except _H5_ERRORS as exc:
-        raise DataError(f"{path}: key '{key}' cannot be read (truncated or corrupt: {exc})") from None
     if isinstance(data, bytes) or getattr(data, "dtype", np.float64).kind in "OSUV":
         raise DataError(f"{path}: key '{key}': expected numbers, got {getattr(data, 'dtype', type(data))}")
     return np.asarray(data)
@@ -414,13 +428,7 @@ def write_h5(dataset: PtychoDataset, path: str | os.PathLike, chunk_patterns: in
 
 
 def _vector(f: h5py.File, key: str, path: Path) -> np.ndarray:
-    arr = _read(f, key, path)
-    if arr.ndim == 2 and 1 in arr.shape:
-        arr = arr.reshape(-1)
-    if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
-        raise DataError(f"{path}: key '{key}': expected a 1-D array of real numbers, "
-                        f"got {arr.dtype} of shape {arr.shape}")
-    return arr
+    return real_vector(_read(f, key, path), path, key)
 
 
 def _check_version(f: h5py.File, path: Path) -> None:
@@ -484,15 +492,8 @@ def read_h5(path: str | os.PathLike, lazy: bool = False, edge_policy: str = "war
     f = _open_h5(path)
     keep_open = False
     try:
-        try:
+        with damaged_file_errors(path, "not a readable HDF5 file"):  # link tables, attributes, types
             fields = _read_fields(f, path, lazy)
-        except DataError:
-            raise
-        except MemoryError:
-            raise DataError(f"{path}: too large to load into memory") from None
-        except _H5_ERRORS as exc:  # h5py on a damaged file: link tables, attributes, types
-            raise DataError(f"{path}: not a readable HDF5 file (truncated or corrupt: "
-                            f"{type(exc).__name__}: {exc})") from None
         ds = PtychoDataset(**fields, source=str(path), edge_policy=edge_policy)
         keep_open = lazy
         return ds

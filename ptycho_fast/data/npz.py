@@ -21,7 +21,7 @@ import numpy as np
 
 from .. import coords
 from .dataset import (DataError, Metadata, PtychoDataset, atomic_output, is_legacy_stack,
-                      list_names, read_npy_header, untranspose_legacy_stack)
+                      list_names, read_npy_header, real_vector, untranspose_legacy_stack)
 
 __all__ = ["read_npz", "write_npz", "NPZ_REQUIRED"]
 
@@ -152,15 +152,6 @@ def memmap_member(path: Path, key: str) -> np.memmap | None:
         return None
 
 
-def _vector(arr: np.ndarray, path: Path, key: str) -> np.ndarray:
-    if arr.ndim == 2 and 1 in arr.shape:
-        arr = arr.reshape(-1)
-    if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
-        raise DataError(f"{path}: key '{key}': expected a 1-D array of real numbers, "
-                        f"got {arr.dtype} of shape {arr.shape}")
-    return arr
-
-
 def read_npz(path: str | os.PathLike, edge_policy: str = "warn", lazy: bool = False) -> PtychoDataset:
     """Read a PtychoPINN NPZ file into a validated :class:`PtychoDataset`.
 
@@ -176,8 +167,8 @@ def read_npz(path: str | os.PathLike, edge_policy: str = "warn", lazy: bool = Fa
             what = "; ".join(f"'{k}' ({NPZ_REQUIRED[k]})" for k in missing)
             raise DataError(f"{path}: missing key{'s' if len(missing) > 1 else ''} {what}; "
                             f"found: {list_names(keys)}")
-        x = _vector(_get(npz, path, "xcoords"), path, "xcoords")
-        y = _vector(_get(npz, path, "ycoords"), path, "ycoords")
+        x = real_vector(_get(npz, path, "xcoords"), path, "xcoords")
+        y = real_vector(_get(npz, path, "ycoords"), path, "ycoords")
         if x.shape != y.shape:
             raise DataError(f"{path}: keys 'xcoords' and 'ycoords' differ in length ({x.size} vs {y.size})")
         positions = coords.positions_from_xy(x, y)
@@ -190,14 +181,14 @@ def read_npz(path: str | os.PathLike, edge_policy: str = "warn", lazy: bool = Fa
                                                    f"{path}: key '{diff_key}'")
         probe = _get(npz, path, "probeGuess")
         obj = _get(npz, path, "objectGuess") if "objectGuess" in keys else None
-        scan_index = _vector(_get(npz, path, "scan_index"), path, "scan_index") if "scan_index" in keys else None
+        scan_index = real_vector(_get(npz, path, "scan_index"), path, "scan_index") if "scan_index" in keys else None
         start = None
         if "xcoords_start" in keys or "ycoords_start" in keys:
             if not {"xcoords_start", "ycoords_start"} <= keys:
                 raise DataError(f"{path}: has only one of the keys 'xcoords_start'/'ycoords_start'; "
                                 "expected both or neither")
-            xs = _vector(_get(npz, path, "xcoords_start"), path, "xcoords_start")
-            ys = _vector(_get(npz, path, "ycoords_start"), path, "ycoords_start")
+            xs = real_vector(_get(npz, path, "xcoords_start"), path, "xcoords_start")
+            ys = real_vector(_get(npz, path, "ycoords_start"), path, "ycoords_start")
             if xs.shape != x.shape or ys.shape != x.shape:
                 raise DataError(f"{path}: keys 'xcoords_start'/'ycoords_start' must have {x.size} "
                                 f"entries like 'xcoords', got {xs.size} and {ys.size}")

@@ -57,7 +57,7 @@ import numpy as np
 from .. import coords
 from .dataset import (DataError, DataWarning, Metadata, PtychoDataset, atomic_output, check_amplitudes,
                       list_names)
-from .hdf5 import check_storage
+from .hdf5 import _H5_ERRORS, check_storage, damaged_file_errors
 
 __all__ = ["write_ptychodus", "write_ptychodus_pair", "write_ptychodus_product", "read_ptychodus",
            "default_diffraction_path", "find_diffraction_path", "resolve_product_path",
@@ -136,10 +136,6 @@ def _short(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-#: what h5py raises on a damaged file (RuntimeError: a corrupt link table or heap; KeyError:
-#: an object header that cannot be read, a link that cannot be followed; TypeError: a type
-#: with no NumPy equivalent; IndexError: h5py decoding a damaged filter pipeline)
-_H5_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError, IndexError)
 
 
 def _has(f, key: str) -> bool:
@@ -783,19 +779,13 @@ def _read(f, key: str, path: Path) -> np.ndarray:
     """A numeric dataset, read only when its type says numbers and the file holds the data
     its shape declares (hdf5.check_storage)."""
     dset = _dataset(f, key, path)
-    try:
+    with damaged_file_errors(path, f"dataset '{key}' cannot be read",
+                             f"dataset '{key}' is too large to load into memory"):
         dtype = dset.dtype
         if dtype.kind not in "iufcb":  # refused from the type: nothing decoded
             raise DataError(f"{path}: dataset '{key}': expected numbers, got {dtype}")
         check_storage(dset, path, key)
         data = np.asarray(dset[()])
-    except DataError:
-        raise
-    except MemoryError:
-        raise DataError(f"{path}: dataset '{key}' is too large to load into memory") from None
-    except _H5_ERRORS as exc:
-        raise DataError(f"{path}: dataset '{key}' cannot be read (truncated or corrupt: "
-                        f"{_short(exc)})") from None
     if data.dtype.kind not in "iufcb":
         raise DataError(f"{path}: dataset '{key}': expected numbers, got {data.dtype}")
     return data
@@ -876,15 +866,8 @@ def read_ptychodus(path: str | os.PathLike, diffraction_path=None, edge_policy: 
     path = resolve_product_path(path)
     ext: dict = {"source_stem": path.stem}
     with _open(path) as f:
-        try:
+        with damaged_file_errors(path, "not a readable ptychodus product"):  # link tables, headers, heaps
             product = _read_product(f, path, ext)
-        except DataError:
-            raise
-        except MemoryError:
-            raise DataError(f"{path}: too large to load into memory") from None
-        except _H5_ERRORS as exc:  # h5py on a damaged file: link tables, headers, heaps
-            raise DataError(f"{path}: not a readable ptychodus product (truncated or corrupt: "
-                            f"{type(exc).__name__}: {_short(exc)})") from None
     x_m, y_m, index, obj, probe, weights, (dy, dx), (py, px), placeholder, named, scan_index, start, meta = product
 
     if obj.ndim == 3:
