@@ -44,7 +44,7 @@ def test_extract_ptycho_fast(benchmark, data):
 @pytest.mark.benchmark(group="extract")
 def test_extract_baseline_gather_lerp(benchmark, data):
     canvas, positions, _, _ = data
-    run(benchmark, lambda: reference.extract_patches(canvas, positions, N, N))
+    run(benchmark, lambda: reference.extract_patches(canvas, positions, N))
 
 
 @pytest.mark.benchmark(group="extract")
@@ -78,7 +78,7 @@ def test_stitch_ptycho_fast(benchmark, data):
 @pytest.mark.benchmark(group="stitch")
 def test_stitch_baseline_spread_index_add(benchmark, data):
     _, positions, patches, window = data
-    run(benchmark, lambda: reference.stitch_patches(patches, positions, HW, HW, window))
+    run(benchmark, lambda: reference.stitch_patches(patches, positions, HW, window))
 
 
 # ---- patch statistics ---------------------------------------------------------------
@@ -113,24 +113,22 @@ def object_big_case(gen):
     return patches, top_left, local, window
 
 
-def object_big_step(extract, stitch, patches, top_left, local, window):
-    merged, weight = stitch(patches, top_left, local, local, window)
-    back = extract(merged / (weight + 1e-3), top_left, N, N)
+def object_big_step(backend, patches, top_left, local, window):
+    merged, weight = backend.stitch_patches(patches, top_left, local, window)
+    back = backend.extract_patches(merged / (weight + 1e-3), top_left, N)
     back.abs().sum().backward()
 
 
 @pytest.mark.benchmark(group="object_big")
 def test_object_big_ptycho_fast(benchmark, gen):
     case = object_big_case(gen)
-    run(benchmark, lambda: object_big_step(torch.ops.ptycho_fast.extract_patches,
-                                           torch.ops.ptycho_fast.stitch_patches, *case), rounds=20)
+    run(benchmark, lambda: object_big_step(ops, *case), rounds=20)
 
 
 @pytest.mark.benchmark(group="object_big")
 def test_object_big_baseline_reference_ops(benchmark, gen):
     case = object_big_case(gen)
-    run(benchmark, lambda: object_big_step(reference.extract_patches, reference.stitch_patches, *case),
-        rounds=10)
+    run(benchmark, lambda: object_big_step(reference, *case), rounds=10)
 
 
 # ---- full-field stitch of many patches -----------------------------------------------
@@ -157,7 +155,7 @@ def test_full_field_stitch_baseline_reference(benchmark, gen):
     patches, positions, size, window = full_field_case(gen)
 
     def baseline():
-        canvas, weight = reference.stitch_patches(patches, positions, size, size, window)
+        canvas, weight = reference.stitch_patches(patches, positions, size, window)
         return canvas / (weight + 1e-6)
 
     run(benchmark, baseline)

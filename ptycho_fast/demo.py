@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.patch}x{args.patch}, extension built: {ops.HAVE_EXTENSION}, threads: {torch.get_num_threads()}")
 
     patches = ops.extract_patches(obj, positions, args.patch)
-    ref = reference.extract_patches(obj, positions, args.patch, args.patch)
+    ref = reference.extract_patches(obj, positions, args.patch)
     err = (patches - ref).abs().max().item()
     print(f"  extract: max |ours - reference| = {err:.2e}")
 
@@ -72,9 +72,9 @@ def main(argv: list[str] | None = None) -> int:
           f"mean |merged - object| there = {err_stitch:.3e} (bilinear smoothing only)")
 
     t_ours = best_time(lambda: ops.extract_patches(obj, positions, args.patch))
-    t_ref = best_time(lambda: reference.extract_patches(obj, positions, args.patch, args.patch))
+    t_ref = best_time(lambda: reference.extract_patches(obj, positions, args.patch))
     s_ours = best_time(lambda: ops.stitch_patches(patches, positions, obj.shape, window))
-    s_ref = best_time(lambda: reference.stitch_patches(patches, positions, *obj.shape, window))
+    s_ref = best_time(lambda: reference.stitch_patches(patches, positions, obj.shape, window))
     print(f"  extract: {t_ours * 1e3:.1f} ms (reference {t_ref * 1e3:.1f} ms, {t_ref / t_ours:.1f}x)")
     print(f"  stitch+weights: {s_ours * 1e3:.1f} ms (reference {s_ref * 1e3:.1f} ms, {s_ref / s_ours:.1f}x)")
     ok = err < 1e-4 and math.isfinite(err_stitch) and err_stitch < 0.05

@@ -113,7 +113,7 @@ class StatsAccumulator:
 def batch_stats(patches: torch.Tensor, phase: bool = True, ops=fast_ops) -> dict:
     """``ops.patch_stats`` of every view (phase optional: an atan2 per pixel); ``ops``: the
     ops module (``ptycho_fast.ops`` or ``ptycho_fast.reference``)."""
-    return {v: fast_ops.PatchStats(*ops.patch_stats(patches, v)) for v in VIEWS if phase or v != "phase"}
+    return {v: ops.patch_stats(patches, v) for v in VIEWS if phase or v != "phase"}
 
 
 def summarize(patches: torch.Tensor, ops=fast_ops) -> dict:

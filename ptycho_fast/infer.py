@@ -39,12 +39,12 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
-from . import coords, ops as fast_ops, reference
+from . import coords, ops as fast_ops
 from . import figures, result_files
 from .coords import CanvasFrame, canvas_frame
 from .result_files import (AMPLITUDE_PNG, OBJECT_H5, OBJECT_NPZ, OBJECT_FORMAT, PHASE_PNG,  # noqa: F401
@@ -53,7 +53,7 @@ from .data.dataset import DataWarning
 from .data.hdf5 import COVER_FACTOR, COVER_MIN, covering_slice
 from .files import OutputSet, UserError, atomic_output, jsonable
 from .runtime import check_device_name, resolve_device, versions
-from .object_big import ObjectBig, make_window, ops_backend
+from .object_big import ObjectBig, make_window
 from .progress import Progress
 from .guard import (DEFAULT_COLLAPSE_FLOOR, EXIT_COLLAPSE, PHASE_STATS_BATCHES, STATS_DDOF, CollapseError,
                     StatsAccumulator, amplitude_flat_note, batch_record, batch_stats, collapse_reason)
@@ -76,7 +76,7 @@ DEFAULT_OUT = "ptycho_fast_out"
 WINDOWS = ("probe", "mask", "ones")
 _WINDOW_KIND = {"probe": "probe", "mask": "central", "ones": "ones"}
 FORMATS, DEFAULT_FORMATS = result_files.FORMATS, result_files.DEFAULT_FORMATS
-OPS = ("ptycho_fast", "reference")
+OPS = fast_ops.BACKENDS
 #: groups per network call
 DEFAULT_BATCH_SIZE = 64
 #: a canvas pixel is covered when its accumulated weight exceeds this fraction of the
@@ -110,23 +110,6 @@ def _check_positions_hit(top_left: np.ndarray, shape, N: int, where: str) -> Non
                         "object pixels (xcoords = column, ycoords = row)")
 
 
-# ----------------------------------------------------------------------------- backends
-@dataclass(frozen=True)
-class _Backend:
-    name: str
-    stitch: Callable   # (patches, positions, H, W, weights) -> (canvas, weight_map)
-    module: Any        # ptycho_fast.ops or ptycho_fast.reference (its patch_stats)
-
-
-def _backend(name: str) -> _Backend:
-    if name == "ptycho_fast":
-        return _Backend(name, lambda p, pos, h, w, wt: fast_ops.stitch_patches(p, pos, (h, w), wt),
-                        fast_ops)
-    if name == "reference":
-        return _Backend(name, reference.stitch_patches, reference)
-    raise UserError(f"--ops: must be one of {', '.join(OPS)}, got {name!r}")
-
-
 class BundlePredictor:
     """Predicted patches of a model bundle: ``Bundle.predict`` (the stored intensity scale,
     the network) without consistency, then object_big with the bundle's window when the
@@ -139,7 +122,7 @@ class BundlePredictor:
         if bundle.object_big and bundle.C > 1:
             # canvas size per batch (None): inference groups may reach further than training
             # ones; an integer shift of the local canvas leaves the result unchanged.
-            self.merge = ObjectBig(bundle.window_tensor(device=bundle.device), None, ops_backend(ops))
+            self.merge = ObjectBig(bundle.window_tensor(device=bundle.device), None, ops)
 
     @torch.no_grad()
     def __call__(self, X: torch.Tensor, offsets: torch.Tensor, indices=None):
@@ -216,7 +199,9 @@ def reconstruct(dataset, predictor, *, N: int | None = None, gridsize: int = 1,
     from .data import group_positions
     t_start = time.perf_counter()
     device = torch.device(device)
-    backend = _backend(ops)
+    if ops not in OPS:
+        raise UserError(f"--ops: must be one of {', '.join(OPS)}, got {ops!r}")
+    kernels = fast_ops.backend(ops)
     N = int(dataset.N if N is None else N)
     if window not in WINDOWS:
         raise UserError(f"--window: must be one of {', '.join(WINDOWS)}, got {window!r}")
@@ -241,7 +226,7 @@ def reconstruct(dataset, predictor, *, N: int | None = None, gridsize: int = 1,
     G = groups.n_groups
     rec = Reconstruction(object=None, coverage=None, covered=None, coverage_floor=COVERAGE_FLOOR,
                          frame=frame, positions=centres, N=N, gridsize=int(gridsize), n_patterns=P,
-                         n_groups=G, window=window, ops=backend.name, batch_size=int(batch_size),
+                         n_groups=G, window=window, ops=ops, batch_size=int(batch_size),
                          seed=seed, group_offsets=groups.offsets)
     win = make_window(_WINDOW_KIND[window], N, dataset.probe, dtype=torch.float32, device=device)
     canvas = torch.zeros((H, W), dtype=torch.complex128, device=device)
@@ -272,7 +257,7 @@ def reconstruct(dataset, predictor, *, N: int | None = None, gridsize: int = 1,
             patches = patches.reshape(b * C, N, N).to(torch.complex64)
             _sync(device)
             t2 = time.perf_counter()
-            stats = batch_stats(raw, phase=k < max(PHASE_STATS_BATCHES, stats_limit), ops=backend.module)
+            stats = batch_stats(raw, phase=k < max(PHASE_STATS_BATCHES, stats_limit), ops=kernels)
             accumulator.add(stats)
             if k < stats_limit:
                 rec.batch_records.append(batch_record(stats, k))
@@ -294,7 +279,7 @@ def reconstruct(dataset, predictor, *, N: int | None = None, gridsize: int = 1,
                 if guard:
                     _guard(rec, rec.first_batch_stats, collapse_floor, allow_degenerate,
                            "after the first batch", on_warning, model_intensity_scale)
-            _stitch_batch(backend, patches, top_left_t[torch.as_tensor(idx, device=device)], top_left[idx], win,
+            _stitch_batch(kernels, patches, top_left_t[torch.as_tensor(idx, device=device)], top_left[idx], win,
                           canvas, weight, N)
             _sync(device)
             t4 = time.perf_counter()
@@ -373,7 +358,7 @@ class _PatternReader:
         return np.asarray(self.dataset.diffraction[uniq], dtype=np.float32)[np.searchsorted(uniq, idx)]
 
 
-def _stitch_batch(backend: _Backend, patches: torch.Tensor, top_left: torch.Tensor, top_left_host: np.ndarray,
+def _stitch_batch(kernels, patches: torch.Tensor, top_left: torch.Tensor, top_left_host: np.ndarray,
                   win: torch.Tensor, canvas: torch.Tensor, weight: torch.Tensor, N: int) -> None:
     """Stitch one batch into the bounding box of its patches (the canvas is not touched
     elsewhere), then add the box into the float64 accumulators. Bilinear fractions are
@@ -387,7 +372,7 @@ def _stitch_batch(backend: _Backend, patches: torch.Tensor, top_left: torch.Tens
     if r1 <= r0 or c1 <= c0:
         return
     shift = torch.tensor([r0, c0], dtype=top_left.dtype, device=top_left.device)
-    part, wpart = backend.stitch(patches, top_left - shift, r1 - r0, c1 - c0, win)
+    part, wpart = kernels.stitch_patches(patches, top_left - shift, (r1 - r0, c1 - c0), win)
     canvas[r0:r1, c0:c1] += part
     weight[r0:r1, c0:c1] += wpart
 

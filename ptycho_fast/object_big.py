@@ -19,25 +19,22 @@ batch uses one size.
 Pixels covered by no window (e.g. outside the central mask of every member) come back as
 0: the consistent patches are defined inside the weighted support.
 
-The kernels are injectable (``ops=``): :data:`FAST` (``ptycho_fast.ops``, the compiled
-kernels) or :data:`REFERENCE` (``ptycho_fast.reference``, plain PyTorch) — how the
-benchmark compares them in the same training step — or any object with the same two
-methods as :class:`OpsBackend`.
+The ops are injectable (``ops=``): a backend module, ``ptycho_fast.ops`` (the compiled
+kernels, the default) or ``ptycho_fast.reference`` (plain PyTorch, the same functions and
+signatures), or its name ('ptycho_fast', 'reference'; :func:`ptycho_fast.ops.backend`) —
+how the benchmark compares them in the same training step.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
-from . import coords, ops as _fast_ops, reference as _reference
+from . import coords, ops as _ops
 
 __all__ = [
-    "WINDOWS", "make_window", "OpsBackend", "FAST", "REFERENCE", "ops_backend",
-    "local_canvas_size", "local_top_left", "merge_extract", "ObjectBig", "EPS_RELATIVE",
+    "WINDOWS", "make_window", "local_canvas_size", "local_top_left", "merge_extract", "ObjectBig", "EPS_RELATIVE",
 ]
 
 WINDOWS = ("probe", "central", "ones")
@@ -85,43 +82,6 @@ def make_window(kind: str, N: int, probe=None, dtype=torch.float32, device=None)
     raise ValueError(f"window must be one of {', '.join(WINDOWS)}, got {kind!r}")
 
 
-@dataclass(frozen=True)
-class OpsBackend:
-    """The two kernels object_big needs, with one calling convention.
-
-    ``stitch(patches, positions, size, weights) -> (canvas, weight_map)``;
-    ``extract(canvas, positions, N) -> patches``.
-    """
-    name: str
-    stitch: Callable
-    extract: Callable
-
-
-FAST = OpsBackend(
-    "ptycho_fast",
-    stitch=lambda p, pos, size, w: _fast_ops.stitch_patches(p, pos, (size, size), w),
-    extract=lambda c, pos, n: _fast_ops.extract_patches(c, pos, n))
-
-REFERENCE = OpsBackend(
-    "reference",
-    stitch=lambda p, pos, size, w: _reference.stitch_patches(p, pos, size, size, w),
-    extract=lambda c, pos, n: _reference.extract_patches(c, pos, n, n))
-
-
-def ops_backend(ops=None) -> OpsBackend:
-    """None / 'ptycho_fast' / the ``ptycho_fast.ops`` module -> :data:`FAST`;
-    'reference' / the ``ptycho_fast.reference`` module -> :data:`REFERENCE`;
-    an :class:`OpsBackend` as is."""
-    if ops is None or ops is _fast_ops or ops in ("ptycho_fast", "fast", "ops"):
-        return FAST
-    if ops is _reference or ops == "reference":
-        return REFERENCE
-    if isinstance(ops, OpsBackend):
-        return ops
-    raise ValueError(f"ops must be 'ptycho_fast', 'reference', one of those modules or an "
-                     f"OpsBackend, got {ops!r}")
-
-
 def local_canvas_size(offsets, N: int) -> int:
     """``N + 2*ceil(max|offset|)``: the side of a local canvas that holds every group of
     ``offsets`` (..., C, 2) (the same rule as ``Groups.local_canvas_size``)."""
@@ -144,7 +104,8 @@ def merge_extract(patches: torch.Tensor, offsets: torch.Tensor, window: torch.Te
 
     patches (B, C, N, N) real or complex; offsets (B, C, 2) member - centroid, (row, col);
     window (N, N) shared or (B, C, N, N) real weights; ``canvas_size`` defaults to
-    :func:`local_canvas_size` of this batch (must be at least that). Differentiable
+    :func:`local_canvas_size` of this batch (must be at least that); ``ops``: the backend
+    module or its name (module doc). Differentiable
     through the kernels' autograd (and in ``offsets``). Returns the consistent patches
     (B, C, N, N), plus ``(canvas, weight_map)`` with ``return_canvas``.
     """
@@ -159,15 +120,15 @@ def merge_extract(patches: torch.Tensor, offsets: torch.Tensor, window: torch.Te
     size = need if canvas_size is None else int(canvas_size)
     if size < need:
         raise ValueError(f"canvas_size {size} cannot hold these groups: their offsets need {need}")
-    backend = ops_backend(ops)
+    backend = _ops.backend(ops)
     real = patches.real.dtype if patches.is_complex() else patches.dtype
     window = window.to(device=patches.device, dtype=real)
     positions = local_top_left(offsets.to(device=patches.device, dtype=real), N, size)
-    canvas, weight_map = backend.stitch(patches, positions, size, window)
+    canvas, weight_map = backend.stitch_patches(patches, positions, (size, size), window)
     if eps is None:
         eps = EPS_RELATIVE * _window_peak(window)
     canvas = canvas / (weight_map + eps)
-    out = backend.extract(canvas, positions, N)
+    out = backend.extract_patches(canvas, positions, N)
     return (out, canvas, weight_map) if return_canvas else out
 
 
@@ -185,11 +146,11 @@ class ObjectBig(torch.nn.Module):
         super().__init__()
         self.register_buffer("window", window.detach().clone(), persistent=False)
         self.canvas_size = None if canvas_size is None else int(canvas_size)
-        self.backend = ops_backend(ops)
+        self.backend = _ops.backend(ops)
         self.eps = EPS_RELATIVE * _window_peak(window)
 
     def forward(self, patches: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         return merge_extract(patches, offsets, self.window, self.canvas_size, self.backend, self.eps)
 
     def extra_repr(self) -> str:
-        return f"canvas_size={self.canvas_size}, ops={self.backend.name}"
+        return f"canvas_size={self.canvas_size}, ops={getattr(self.backend, '__name__', self.backend)}"

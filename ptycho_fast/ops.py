@@ -2,9 +2,13 @@
 
 The compiled kernels live in ``torch.ops.ptycho_fast`` (csrc/). This module registers
 their fake (shape) kernels, so ``torch.compile(fullgraph=True)`` traces them, and their
-autograd formulas, and wraps them in friendly Python functions. If the extension was
-not built, every function falls back to ``ptycho_fast.reference`` (plain PyTorch) and
-warns once.
+autograd formulas, and wraps them in friendly Python functions.
+
+A backend is a module: this one (the compiled kernels) or ``ptycho_fast.reference`` (plain
+PyTorch), with the same ``extract_patches``, ``stitch_patches`` and ``patch_stats`` (same
+signatures, same results); :func:`backend` resolves the names ``--ops`` takes. If the
+extension was not built, this module's three ops are the reference's (with a one-time
+warning), so everything built on them still runs.
 
 Coordinate convention (docs/ops.md): ``positions[..., 0]`` is the row and
 ``positions[..., 1]`` the column of each patch's TOP-LEFT pixel, in canvas pixels,
@@ -13,17 +17,20 @@ fractional, possibly outside the canvas.
 
 from __future__ import annotations
 
+import functools
 import math
+import sys
 import warnings
-from typing import NamedTuple, Sequence
+from typing import Sequence
 
 import torch
 
 from . import reference
+from .reference import PatchStats, check_out_without_grad, size_pair
 
 __all__ = [
     "HAVE_EXTENSION", "extract_patches", "stitch_patches", "stitch_normalized",
-    "patch_stats", "PatchStats", "var_zero_mean", "global_mean_std",
+    "patch_stats", "PatchStats", "var_zero_mean", "global_mean_std", "BACKENDS", "backend",
 ]
 
 try:
@@ -33,21 +40,22 @@ except ImportError as exc:  # pragma: no cover - exercised only without a build
     HAVE_EXTENSION = False
     _IMPORT_ERROR = exc
 
-_warned_fallback = False
+#: the backends by the name ``--ops`` takes (each a module with the same ops)
+BACKENDS = ("ptycho_fast", "reference")
 
 
-def _use_reference() -> bool:
-    global _warned_fallback
-    if HAVE_EXTENSION:
-        return False
-    if not _warned_fallback:
-        warnings.warn(
-            "ptycho_fast: the compiled extension is not available "
-            f"({_IMPORT_ERROR}); using the slower plain-PyTorch reference ops. "
-            "Build it with: pip install -e . --no-build-isolation",
-            RuntimeWarning, stacklevel=3)
-        _warned_fallback = True
-    return True
+def backend(ops=None):
+    """The ops module of ``ops``: None or 'ptycho_fast' -> this module (the compiled
+    kernels), 'reference' -> ``ptycho_fast.reference``; a module (or any object with the
+    same functions) as is."""
+    if ops is None or ops == "ptycho_fast":
+        return sys.modules[__name__]
+    if ops == "reference":
+        return reference
+    if isinstance(ops, str) or not all(hasattr(ops, f) for f in ("extract_patches", "stitch_patches",
+                                                                   "patch_stats")):
+        raise ValueError(f"ops must be one of {', '.join(BACKENDS)} or an ops module, got {ops!r}")
+    return ops
 
 
 def _real_dtype(t: torch.Tensor) -> torch.dtype:
@@ -200,15 +208,6 @@ if HAVE_EXTENSION:
 # --------------------------------------------------------------------------------------
 # Public API
 # --------------------------------------------------------------------------------------
-def _pair(size, name: str) -> tuple[int, int]:
-    if isinstance(size, int):
-        size = (size, size)
-    size = tuple(int(s) for s in size)
-    if len(size) != 2:
-        raise ValueError(f"{name} must be an int or a (height, width) pair, got {size}")
-    return size
-
-
 def _check_cuda_positions(op: str, positions: torch.Tensor) -> None:
     # The CPU kernels check finiteness themselves; on CUDA that check needs a sync,
     # done here (eager only) so that a NaN position is an error on every device.
@@ -228,13 +227,8 @@ def extract_patches(canvas: torch.Tensor, positions: torch.Tensor,
     ``out``: a contiguous buffer of that shape and dtype to write into instead of a new
     tensor (reuse it across a loop: no allocation, no page faults). Not differentiable.
     """
-    ph, pw = _pair(patch_size, "patch_size")
-    if out is not None and torch.is_grad_enabled() and (canvas.requires_grad or positions.requires_grad):
-        raise ValueError("extract_patches: out= does not support autograd; call it under "
-                         "torch.no_grad() or without out=")
-    if _use_reference():
-        patches = reference.extract_patches(canvas, positions, ph, pw)
-        return patches if out is None else out.copy_(patches)
+    ph, pw = size_pair(patch_size, "patch_size")
+    check_out_without_grad(out, canvas, positions)
     _check_cuda_positions("extract_patches", positions)
     if out is not None:
         torch.ops.ptycho_fast.extract_patches_into(canvas, positions, ph, pw, out)
@@ -250,12 +244,9 @@ def stitch_patches(patches: torch.Tensor, positions: torch.Tensor,
     ((h, w) shared, or one per patch like ``patches``; real, same precision) returns
     ``(sum bilinear*w*patch, sum bilinear*w)`` from one pass.
     """
-    H, W = _pair(canvas_size, "canvas_size")
-    if _use_reference():
-        canvas, weight_map = reference.stitch_patches(patches, positions, H, W, weights)
-    else:
-        _check_cuda_positions("stitch_patches", positions)
-        canvas, weight_map = torch.ops.ptycho_fast.stitch_patches(patches, positions, H, W, weights)
+    H, W = size_pair(canvas_size, "canvas_size")
+    _check_cuda_positions("stitch_patches", positions)
+    canvas, weight_map = torch.ops.ptycho_fast.stitch_patches(patches, positions, H, W, weights)
     return canvas if weights is None else (canvas, weight_map)
 
 
@@ -278,22 +269,12 @@ def stitch_normalized(patches: torch.Tensor, positions: torch.Tensor,
     return canvas / (weight_map + eps), weight_map
 
 
-class PatchStats(NamedTuple):
-    """Per-patch statistics: shapes are ``patches.shape[:-2]``; ``var`` has ddof=0."""
-    mean: torch.Tensor
-    var: torch.Tensor
-    min: torch.Tensor
-    max: torch.Tensor
-
-
 def patch_stats(patches: torch.Tensor, view: str = "auto") -> PatchStats:
     """Mean, population variance, min and max of every patch, in one pass (float64 sums).
 
     ``view`` picks the values described: ``auto`` (the value for real input, the
     amplitude |z| for complex), ``value``, ``amplitude``, ``real``, ``imag``, ``phase``.
     """
-    if _use_reference():
-        return PatchStats(*reference.patch_stats(patches, view))
     return PatchStats(*torch.ops.ptycho_fast.patch_stats(patches, view))
 
 
@@ -314,3 +295,25 @@ def global_mean_std(patches: torch.Tensor, view: str = "auto") -> tuple[float, f
     grand = means.mean()
     total_var = (stats.var.to(torch.float64).flatten() + (means - grand) ** 2).mean()
     return float(grand), float(total_var.sqrt())
+
+
+if not HAVE_EXTENSION:  # pragma: no cover - exercised only without a build
+    _warned_fallback = False
+
+    def _fallback(fn):
+        """The reference function ``fn`` (same signature), warning once that it stands in."""
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            global _warned_fallback
+            if not _warned_fallback:
+                _warned_fallback = True
+                warnings.warn("ptycho_fast: the compiled extension is not available "
+                              f"({_IMPORT_ERROR}); using the slower plain-PyTorch reference ops. "
+                              "Build it with: pip install -e . --no-build-isolation",
+                              RuntimeWarning, stacklevel=2)
+            return fn(*args, **kwargs)
+        return wrapper
+
+    extract_patches = _fallback(reference.extract_patches)
+    stitch_patches = _fallback(reference.stitch_patches)
+    patch_stats = _fallback(reference.patch_stats)

@@ -1,5 +1,12 @@
 """Plain-PyTorch versions of the compiled ops: the test oracle and the fallback.
 
+The same functions with the same signatures and results as :mod:`ptycho_fast.ops`
+(``extract_patches``, ``stitch_patches``, ``patch_stats``), so a backend is just a module:
+code that takes ``ops=`` calls ``ops.extract_patches(...)`` on either (names resolved by
+:func:`ptycho_fast.ops.backend`). ``position_grad`` is the oracle of the internal op
+``_position_grad``. The derived helpers of ``ops`` (``stitch_normalized``,
+``var_zero_mean``, ``global_mean_std``) are built on these three and live only there.
+
 Same semantics as the kernels (docs/ops.md): positions are the (row, col) of each
 patch's top-left pixel, split once into ``floor`` and a fraction; pixels outside the
 canvas read as zero and are dropped in the adjoint. Everything here is differentiable
@@ -12,9 +19,36 @@ The extraction is the best pure-PyTorch formulation we know (docs/design.md §7)
 
 from __future__ import annotations
 
+from typing import NamedTuple, Sequence
+
 import torch
 
-__all__ = ["extract_patches", "stitch_patches", "patch_stats", "position_grad"]
+__all__ = ["extract_patches", "stitch_patches", "patch_stats", "PatchStats", "position_grad"]
+
+
+class PatchStats(NamedTuple):
+    """Per-patch statistics: shapes are ``patches.shape[:-2]``; ``var`` has ddof=0."""
+    mean: torch.Tensor
+    var: torch.Tensor
+    min: torch.Tensor
+    max: torch.Tensor
+
+
+def size_pair(size: int | Sequence[int], name: str) -> tuple[int, int]:
+    """An int or a (height, width) pair -> (height, width) (the ops' size arguments)."""
+    if isinstance(size, int):
+        size = (size, size)
+    size = tuple(int(s) for s in size)
+    if len(size) != 2:
+        raise ValueError(f"{name} must be an int or a (height, width) pair, got {size}")
+    return size
+
+
+def check_out_without_grad(out: torch.Tensor | None, *inputs: torch.Tensor) -> None:
+    """``extract_patches(..., out=)`` is not differentiable: refuse it when autograd records."""
+    if out is not None and torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
+        raise ValueError("extract_patches: out= does not support autograd; call it under "
+                         "torch.no_grad() or without out=")
 
 
 def _batched(x: torch.Tensor, data: torch.Tensor, unbatched_dim: int):
@@ -44,7 +78,16 @@ def _window_indices(base: torch.Tensor, length: int, limit: int):
     return idx.clamp(0, max(limit - 1, 0)), valid
 
 
-def extract_patches(canvas: torch.Tensor, positions: torch.Tensor, patch_h: int, patch_w: int) -> torch.Tensor:
+def extract_patches(canvas: torch.Tensor, positions: torch.Tensor,
+                    patch_size: int | Sequence[int], *, out: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`ptycho_fast.ops.extract_patches`: (P, h, w) or (B, P, h, w) bilinear patches."""
+    patch_h, patch_w = size_pair(patch_size, "patch_size")
+    check_out_without_grad(out, canvas, positions)
+    patches = _extract(canvas, positions, patch_h, patch_w)
+    return patches if out is None else out.copy_(patches)
+
+
+def _extract(canvas: torch.Tensor, positions: torch.Tensor, patch_h: int, patch_w: int) -> torch.Tensor:
     canvas_b, pos_b, squeeze = _batched(positions, canvas, 2)
     B, H, W = canvas_b.shape
     P = pos_b.shape[1]
@@ -89,22 +132,23 @@ def _scatter_windows(windows: torch.Tensor, base: torch.Tensor, height: int, wid
     return out[:-1].view(B, height, width)
 
 
-def stitch_patches(patches: torch.Tensor, positions: torch.Tensor, height: int, width: int,
-                   weights: torch.Tensor | None = None):
-    """Returns (canvas, weight_map); weight_map is empty (shape (0,)) without weights."""
+def stitch_patches(patches: torch.Tensor, positions: torch.Tensor,
+                   canvas_size: int | Sequence[int], weights: torch.Tensor | None = None):
+    """:func:`ptycho_fast.ops.stitch_patches`: the canvas ``sum bilinear*patch``; with
+    ``weights``, ``(sum bilinear*w*patch, sum bilinear*w)``."""
+    height, width = size_pair(canvas_size, "canvas_size")
     patches_b, pos_b, squeeze = _batched(positions, patches, 3)
     base, frac = _split(pos_b, _real_dtype(patches_b))
-    if weights is not None:
-        w = weights if weights.dim() == 2 else (weights.unsqueeze(0) if squeeze else weights)
-        w = w.expand(patches_b.shape)
-        canvas = _scatter_windows(_spread(patches_b * w, frac), base, height, width)
-        weight_map = _scatter_windows(_spread(w, frac), base, height, width)
-        if squeeze:
-            canvas, weight_map = canvas.squeeze(0), weight_map.squeeze(0)
-        return canvas, weight_map
-    canvas = _scatter_windows(_spread(patches_b, frac), base, height, width)
-    empty = patches.new_zeros(0, dtype=_real_dtype(patches))
-    return (canvas.squeeze(0) if squeeze else canvas), empty
+    if weights is None:
+        canvas = _scatter_windows(_spread(patches_b, frac), base, height, width)
+        return canvas.squeeze(0) if squeeze else canvas
+    w = weights if weights.dim() == 2 else (weights.unsqueeze(0) if squeeze else weights)
+    w = w.expand(patches_b.shape)
+    canvas = _scatter_windows(_spread(patches_b * w, frac), base, height, width)
+    weight_map = _scatter_windows(_spread(w, frac), base, height, width)
+    if squeeze:
+        canvas, weight_map = canvas.squeeze(0), weight_map.squeeze(0)
+    return canvas, weight_map
 
 
 VIEWS = ("auto", "value", "amplitude", "real", "imag", "phase")
@@ -132,16 +176,18 @@ def stats_view(patches: torch.Tensor, view: str) -> torch.Tensor:
     return patches.real if complex_ else patches
 
 
-def patch_stats(patches: torch.Tensor, view: str = "auto"):
-    """(mean, population variance, min, max) over the last two dims, computed in float64."""
+def patch_stats(patches: torch.Tensor, view: str = "auto") -> PatchStats:
+    """:func:`ptycho_fast.ops.patch_stats`: (mean, population variance, min, max) over the
+    last two dims, computed in float64."""
     values = stats_view(patches, view)
     out_dtype = values.dtype
     flat = values.to(torch.float64).flatten(-2)
     if flat.numel() == 0:
         nan = flat.new_full(flat.shape[:-1], float("nan")).to(out_dtype)
-        return nan, nan.clone(), nan.clone(), nan.clone()
+        return PatchStats(nan, nan.clone(), nan.clone(), nan.clone())
     var, mean = torch.var_mean(flat, dim=-1, correction=0)
-    return (mean.to(out_dtype), var.to(out_dtype), flat.amin(-1).to(out_dtype), flat.amax(-1).to(out_dtype))
+    return PatchStats(mean.to(out_dtype), var.to(out_dtype), flat.amin(-1).to(out_dtype),
+                      flat.amax(-1).to(out_dtype))
 
 
 def _real_view(t: torch.Tensor) -> torch.Tensor:
@@ -155,7 +201,7 @@ def position_grad(canvas: torch.Tensor, positions: torch.Tensor, grad_patches: t
     """
     with torch.enable_grad():
         pos = positions if positions.requires_grad else positions.detach().requires_grad_(True)
-        patches = extract_patches(canvas, pos, grad_patches.shape[-2], grad_patches.shape[-1])
+        patches = _extract(canvas, pos, grad_patches.shape[-2], grad_patches.shape[-1])
         inner = (_real_view(patches) * _real_view(grad_patches)).sum()
         (grad,) = torch.autograd.grad(inner, pos, create_graph=torch.is_grad_enabled())
     return grad

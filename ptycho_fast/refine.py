@@ -51,9 +51,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import coords, guard, ops, physics, reference
+from . import coords, guard, physics
 from .files import UserError
-from .object_big import ops_backend
+from .ops import backend as ops_backend
 from .runtime import Dist
 
 __all__ = [
@@ -253,8 +253,9 @@ class Refiner:
         self.dataset = dataset
         self.device = torch.device(device)
         self.dist = dist or Dist()
-        self.extract = ops_backend(ops).extract
-        self.ops_name = ops_backend(ops).name
+        self.kernels = ops_backend(ops)      # the ops module: ptycho_fast.ops or ptycho_fast.reference
+        self.ops_name = ops or "ptycho_fast"
+        self.extract = self.kernels.extract_patches
         self.N = N = int(dataset.N)
         self.P = int(dataset.n_patterns)
         positions = np.asarray(dataset.positions, dtype=np.float64)
@@ -311,9 +312,7 @@ class Refiner:
     def _stitch_real(self, values: torch.Tensor, top_left: torch.Tensor, shape) -> torch.Tensor:
         """Real patches added into a zero canvas (the adjoint of extraction), with the
         chosen ops."""
-        if self.ops_name == "reference":
-            return reference.stitch_patches(values, top_left, int(shape[0]), int(shape[1]))[0]
-        return ops.stitch_patches(values, top_left, shape)
+        return self.kernels.stitch_patches(values, top_left, shape)
 
     # ------------------------------------------------------------------ losses
     def _loss(self, amp: torch.Tensor, X: torch.Tensor) -> torch.Tensor:

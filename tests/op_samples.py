@@ -15,7 +15,7 @@ import contextlib
 import pytest
 import torch
 
-from ptycho_fast import ops
+from ptycho_fast import ops, reference
 from conftest import random_data
 
 HAVE_CUDA_OPS = (ops.HAVE_EXTENSION and torch.cuda.is_available()
@@ -72,6 +72,20 @@ def expected(device: str, reference_fn, kernel, args):
     CUDA, the CPU kernel (which the CPU variant checks against the reference) on the same
     values."""
     return (reference_fn if device == "cpu" else kernel)(*on_cpu(args))
+
+
+# The reference in the raw ops' calling convention (torch.ops.ptycho_fast: sizes as two
+# ints; stitch returns (canvas, weight_map), the map empty without weights), so that
+# `expected` applies one argument tuple to the kernel and to the reference.
+def reference_extract(canvas, positions, patch_h, patch_w):
+    return reference.extract_patches(canvas, positions, (patch_h, patch_w))
+
+
+def reference_stitch(patches, positions, height, width, weights=None):
+    out = reference.stitch_patches(patches, positions, (height, width), weights)
+    if weights is not None:
+        return out
+    return out, patches.new_zeros(0, dtype=patches.real.dtype if patches.is_complex() else patches.dtype)
 
 
 def assert_matches(got: torch.Tensor, want: torch.Tensor, device: str, **tol):

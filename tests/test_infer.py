@@ -128,7 +128,7 @@ def test_stitching_equals_reference_on_the_same_patches():
     idx = np.concatenate(pred.indices)
     top_left = torch.as_tensor(coords.centres_to_top_left(ds.positions[idx], N))
     w = make_window("probe", N, ds.probe)
-    canvas, weight = reference.stitch_patches(patches.to(torch.complex128), top_left, 80, 100, w.double())
+    canvas, weight = reference.stitch_patches(patches.to(torch.complex128), top_left, (80, 100), w.double())
     covered = weight > infer.COVERAGE_FLOOR * weight.max()
     expected = torch.where(covered, canvas / torch.where(covered, weight, 1), 0).numpy()
     np.testing.assert_array_equal(rec.covered, covered.numpy())

@@ -364,7 +364,7 @@ def test_illumination_map_is_the_stitch_weight_map_of_the_probe_intensity():
     intensity /= intensity.max()
     top_left = torch.as_tensor(coords.centres_to_top_left(centres, N))
     patches = torch.zeros((len(centres), N, N), dtype=torch.float64)
-    _, want = reference.stitch_patches(patches, top_left, shape[0], shape[1], torch.as_tensor(intensity))
+    _, want = reference.stitch_patches(patches, top_left, shape, torch.as_tensor(intensity))
     np.testing.assert_allclose(got, want.numpy(), atol=1e-12)
     # integer position: the probe intensity itself, at centre - N/2
     one = metrics.illumination_map(np.array([[9.0, 7.0]]), probe, shape)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import pytest
 import torch
 
 from ptycho_fast import coords, ops, reference
 from ptycho_fast.data import group_positions
-from ptycho_fast.object_big import (FAST, REFERENCE, WINDOWS, ObjectBig, local_canvas_size,
-                                    local_top_left, make_window, merge_extract, ops_backend)
+from ptycho_fast.object_big import (WINDOWS, ObjectBig, local_canvas_size, local_top_left, make_window,
+                                    merge_extract)
 
 N = 16
 
@@ -125,7 +127,7 @@ def test_our_kernels_match_the_reference_forward_and_backward(window_kind):
     offsets = (torch.rand(B, C, 2, generator=g) - 0.5) * 9
     window = make_window(window_kind, N, probe_like())
     results = []
-    for backend in (FAST, REFERENCE):
+    for backend in (ops, reference):
         p = patches.clone().requires_grad_(True)
         out = merge_extract(p, offsets, window, ops=backend)
         (out.abs().square().sum() + out.real.sum()).backward()
@@ -144,10 +146,16 @@ def test_gradient_in_float64_matches_finite_differences():
 
 
 def test_ops_backend_selection():
-    assert ops_backend(None) is FAST and ops_backend(ops) is FAST and ops_backend("ptycho_fast") is FAST
-    assert ops_backend(reference) is REFERENCE and ops_backend("reference") is REFERENCE
+    assert ops.backend(None) is ops and ops.backend(ops) is ops and ops.backend("ptycho_fast") is ops
+    assert ops.backend(reference) is reference and ops.backend("reference") is reference
     with pytest.raises(ValueError, match="ops must be"):
-        ops_backend("numpy")
+        ops.backend("numpy")
+    # the reference takes the ops' signatures: a backend is just a module
+    g = torch.Generator().manual_seed(3)
+    canvas, pos = torch.randn(12, 13, generator=g, dtype=torch.float64), torch.rand(4, 2, generator=g) * 6
+    for name in ("extract_patches", "stitch_patches", "patch_stats"):
+        assert inspect.signature(getattr(reference, name)) == inspect.signature(getattr(ops, name))
+    torch.testing.assert_close(reference.extract_patches(canvas, pos, (3, 4)), ops.extract_patches(canvas, pos, (3, 4)))
 
 
 def test_module_and_argument_checks():

@@ -78,11 +78,11 @@ def test_random_shapes_and_positions_match_reference(B, P, H, W, h, w, complex_,
     dtype = torch.complex128 if complex_ else torch.float64
     canvas = torch.randn(lead + (H, W), dtype=dtype, generator=g)
     pos = (torch.rand(lead + (P, 2), dtype=torch.float64, generator=g) * (max(H, W) + 2 * h) - h) * scale
-    torch.testing.assert_close(K.extract_patches(canvas, pos, h, w), reference.extract_patches(canvas, pos, h, w))
+    torch.testing.assert_close(K.extract_patches(canvas, pos, h, w), reference.extract_patches(canvas, pos, (h, w)))
     patches = torch.randn(lead + (P, h, w), dtype=dtype, generator=g)
     weights = torch.rand(h, w, dtype=torch.float64, generator=g)
     for got, want in zip(K.stitch_patches(patches, pos, H, W, weights),
-                         reference.stitch_patches(patches, pos, H, W, weights)):
+                         reference.stitch_patches(patches, pos, (H, W), weights)):
         torch.testing.assert_close(got, want)
     for got, want in zip(K.patch_stats(patches, "auto"), reference.patch_stats(patches, "auto")):
         torch.testing.assert_close(got, want, equal_nan=True)
