@@ -65,17 +65,17 @@ class StatsAccumulator:
                       "max": -math.inf} for v in VIEWS}
 
     def add(self, stats: dict) -> None:
-        cols = {v: [getattr(st, f).detach().double().flatten().cpu() for f in ("mean", "var", "min", "max")]
-                for v, st in stats.items()}
-        b = int(cols["amplitude"][0].numel())
-        finite = torch.ones(b, dtype=torch.bool)
-        for v in cols:
-            for t in cols[v]:
-                finite &= torch.isfinite(t)
+        # every statistic of every view as one (4 x views, b) float64 block, stacked on the
+        # device and copied to the host once per batch (not one small copy per tensor)
+        block = torch.stack([getattr(st, f).detach().double().flatten() for st in stats.values()
+                             for f in ("mean", "var", "min", "max")]).cpu()
+        b = int(block.shape[1])
+        finite = torch.isfinite(block).all(0)
         k = int(finite.sum())
         if k:
-            for v in cols:
-                mean, var, lo, hi = (t[finite] for t in cols[v])
+            kept = block[:, finite]
+            for i, v in enumerate(stats):
+                mean, var, lo, hi = kept[4 * i:4 * i + 4]
                 acc = self.v[v]
                 n0, total = acc["n"], acc["n"] + k
                 mean_b = float(mean.mean())
