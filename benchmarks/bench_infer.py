@@ -30,7 +30,7 @@ import torch
 
 from conftest import SMALL
 from ptycho_fast import infer
-from ptycho_fast.bundle import load_bundle
+from ptycho_fast.bundle import BundlePredictor, load_bundle
 from ptycho_fast.data import PtychoDataset, load_dataset, write_h5
 
 TARGET_PATTERNS = 64 if SMALL else 10_240
@@ -91,7 +91,7 @@ def _bench(benchmark, name, fn, rounds, warmup=True):
 def test_infer_ptycho_fast(benchmark, scaled):
     bundle, ds = scaled
     _bench(benchmark, "end_to_end ptycho_fast",
-           lambda: _run(bundle, ds, "ptycho_fast", infer.BundlePredictor(bundle, "ptycho_fast")),
+           lambda: _run(bundle, ds, "ptycho_fast", BundlePredictor(bundle, "ptycho_fast")),
            ROUNDS_END_TO_END, warmup=False)
 
 
@@ -99,7 +99,7 @@ def test_infer_ptycho_fast(benchmark, scaled):
 def test_infer_baseline_reference_ops(benchmark, scaled):
     bundle, ds = scaled
     _bench(benchmark, "end_to_end reference",
-           lambda: _run(bundle, ds, "reference", infer.BundlePredictor(bundle, "reference")),
+           lambda: _run(bundle, ds, "reference", BundlePredictor(bundle, "reference")),
            ROUNDS_END_TO_END, warmup=False)
 
 
@@ -112,7 +112,7 @@ def fixed_patches(scaled):
 
     def record(X, offsets, indices):
         if not pool:
-            pool["raw"], pool["patches"] = infer.BundlePredictor(bundle)(X, offsets, indices)
+            pool["raw"], pool["patches"] = BundlePredictor(bundle)(X, offsets, indices)
         return pool["raw"], pool["patches"]
     infer.reconstruct(ds, record, N=bundle.N, gridsize=bundle.gridsize, batch_size=BATCH_GROUPS,
                       n_patterns=min(ds.n_patterns, BATCH_GROUPS), guard=False)

@@ -43,7 +43,7 @@ from .model import NetworkConfig, PtychoPINNNet
 from .object_big import WINDOWS, ObjectBig, make_window
 
 __all__ = [
-    "FORMAT", "FORMAT_VERSION", "SUPPORTED_VERSIONS", "BundleError", "Bundle", "save_bundle",
+    "FORMAT", "FORMAT_VERSION", "SUPPORTED_VERSIONS", "BundleError", "Bundle", "BundlePredictor", "save_bundle",
     "load_bundle", "find_bundle_dir", "dataset_fingerprint", "have_safetensors", "package_version",
     "BUNDLE_JSON", "PROBE_FILE", "WEIGHTS_SAFETENSORS", "WEIGHTS_TORCH", "RUN_BUNDLE_SUBDIR",
 ]
@@ -148,24 +148,40 @@ class Bundle:
         return physics.network_input(X, self.intensity_scale)
 
     @torch.no_grad()
-    def predict(self, X, offsets=None, consistency: bool = True, ops=None) -> torch.Tensor:
-        """Complex object patches (B, C, N, N) for measured amplitudes X (B, C, N, N) in count
-        units (scaled by the stored intensity scale here). With gridsize > 1, ``offsets``
-        (B, C, 2) (member - centroid) and ``consistency`` apply object_big as in training."""
-        x = self.network_input(X)
-        patches = self.model(x)
-        if consistency and self.object_big and self.C > 1:
-            if offsets is None:
-                raise ValueError("predict: gridsize > 1 with object_big needs the groups' offsets "
-                                 "(or consistency=False)")
-            merge = ObjectBig(self.window_tensor(device=x.device), None, ops)
-            patches = merge(patches, torch.as_tensor(offsets, dtype=torch.float32, device=x.device))
-        return patches
+    def predict(self, X) -> torch.Tensor:
+        """The network's complex object patches (B, C, N, N) for measured amplitudes X
+        (B, C, N, N) in count units (scaled by the stored intensity scale here), before
+        object_big; :class:`BundlePredictor` applies that too (the one prediction path)."""
+        return self.model(self.network_input(X))
 
     def predicted_amplitude(self, patches: torch.Tensor) -> torch.Tensor:
         """Diffraction amplitude in count units of object ``patches``, with the stored
         probe and **stored** probe gain."""
         return physics.predicted_amplitude(patches, self.probe_tensor(patches.device), self.probe_gain)
+
+
+class BundlePredictor:
+    """A bundle's predictions as ``infer`` (and anything else) uses them: :meth:`Bundle.predict`
+    (the stored intensity scale, the network), then object_big with the bundle's window when
+    the model uses it (gridsize > 1), through the chosen ops (a backend module or its name).
+    ``predictor(X, offsets, indices=None)`` returns ``(network_patches, patches)``, each
+    (B, C, N, N) complex; ``offsets`` (B, C, 2) are member - centroid."""
+
+    def __init__(self, bundle: Bundle, ops="ptycho_fast"):
+        self.bundle = bundle
+        self.merge = None
+        if bundle.object_big and bundle.C > 1:
+            # canvas size per batch (None): inference groups may reach further than training
+            # ones; an integer shift of the local canvas leaves the result unchanged.
+            self.merge = ObjectBig(bundle.window_tensor(device=bundle.device), None, ops)
+
+    @torch.no_grad()
+    def __call__(self, X, offsets, indices=None):
+        raw = self.bundle.predict(X)
+        if self.merge is None:
+            return raw, raw
+        offsets = torch.as_tensor(offsets, dtype=torch.float32, device=raw.device)
+        return raw, self.merge(raw, offsets)
 
 
 # ----------------------------------------------------------------------------- saving

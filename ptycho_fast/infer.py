@@ -4,7 +4,7 @@ Reconstruct the full-field object from a dataset with a trained model bundle::
 
     data (P patterns, positions)  --groups of C = gridsize² neighbours (data.group_positions)
       -> batches of B groups, each reading only its patterns (an HDF5 file streams)
-      -> Bundle.predict: X / s (stored intensity scale) -> network -> object_big (gridsize > 1)
+      -> BundlePredictor: X / s (stored intensity scale) -> network -> object_big (gridsize > 1)
       -> EVERY predicted patch stitched at its own scan position (ops.stitch_patches with
          the window as weights, one call per batch into the batch's bounding box)
       -> object = sum w*patch / sum w where covered (sum w > COVERAGE_FLOOR * max), 0 elsewhere
@@ -53,14 +53,15 @@ from .data.dataset import DataWarning
 from .data.hdf5 import COVER_FACTOR, COVER_MIN, covering_slice
 from .files import OutputSet, UserError, atomic_output, jsonable
 from .runtime import check_device_name, resolve_device, versions
-from .object_big import ObjectBig, make_window
+from .bundle import BundlePredictor, load_bundle
+from .object_big import make_window
 from .progress import Progress
 from .guard import (DEFAULT_COLLAPSE_FLOOR, EXIT_COLLAPSE, PHASE_STATS_BATCHES, STATS_DDOF, CollapseError,
                     StatsAccumulator, amplitude_flat_note, batch_record, batch_stats, collapse_reason)
 
 __all__ = [
     "InferConfig", "InferResult", "Reconstruction", "CollapseError", "CanvasFrame",
-    "BundlePredictor", "canvas_frame", "reconstruct", "run_infer", "write_debug_dump",
+    "canvas_frame", "reconstruct", "run_infer", "write_debug_dump",
     "collapse_reason", "sample_paths", "SAMPLE_DIR", "SAMPLE_DATA", "SAMPLE_MODEL",
     "DEFAULT_OUT", "WINDOWS", "FORMATS", "OPS", "COVERAGE_FLOOR", "STATS_DDOF",
     "DEFAULT_BATCH_SIZE", "DEFAULT_COLLAPSE_FLOOR", "EXIT_COLLAPSE",
@@ -108,27 +109,6 @@ def _check_positions_hit(top_left: np.ndarray, shape, N: int, where: str) -> Non
                         f"entirely outside the {H} x {W} object canvas (e.g. position {i}, centre "
                         f"row {centre[0]:.1f}, col {centre[1]:.1f}); positions are probe centres in "
                         "object pixels (xcoords = column, ycoords = row)")
-
-
-class BundlePredictor:
-    """Predicted patches of a model bundle: ``Bundle.predict`` (the stored intensity scale,
-    the network) without consistency, then object_big with the bundle's window when the
-    model uses it (gridsize > 1), through the chosen ops. Returns
-    ``(network_patches, stitched_patches)``, each (B, C, N, N) complex."""
-
-    def __init__(self, bundle, ops: str = "ptycho_fast"):
-        self.bundle = bundle
-        self.merge = None
-        if bundle.object_big and bundle.C > 1:
-            # canvas size per batch (None): inference groups may reach further than training
-            # ones; an integer shift of the local canvas leaves the result unchanged.
-            self.merge = ObjectBig(bundle.window_tensor(device=bundle.device), None, ops)
-
-    @torch.no_grad()
-    def __call__(self, X: torch.Tensor, offsets: torch.Tensor, indices=None):
-        raw = self.bundle.predict(X, consistency=False)
-        patches = raw if self.merge is None else self.merge(raw, offsets.to(raw.device))
-        return raw, patches
 
 
 # ----------------------------------------------------------------------------- reconstruction
@@ -579,7 +559,6 @@ def run_infer(config: InferConfig, predictor=None) -> InferResult:
     """The ``infer`` command: load, reconstruct, write (module doc). Raises UserError for bad
     input, CollapseError when the guard trips. ``predictor`` replaces the bundle's network
     (tests)."""
-    from .bundle import load_bundle
     from .data import load_dataset
     t_start = time.perf_counter()
     config = dataclasses.replace(config, formats=result_files.parse_formats(config.formats))

@@ -82,8 +82,8 @@ def write_sample_npz(dataset, path: Path) -> None:
 def check(sample_dir: Path) -> dict:
     """Reconstruct the new sample and compare with its ground truth (SSIM, covered region)."""
     from ptycho_fast import metrics
-    from ptycho_fast.bundle import load_bundle
-    from ptycho_fast.infer import BundlePredictor, reconstruct
+    from ptycho_fast.bundle import BundlePredictor, load_bundle
+    from ptycho_fast.infer import reconstruct
     bundle = load_bundle(sample_dir / "model")
     ds = load_dataset(sample_dir / "sample.npz")
     rec = reconstruct(ds, BundlePredictor(bundle), N=bundle.N, gridsize=bundle.gridsize)

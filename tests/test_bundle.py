@@ -13,7 +13,7 @@ import torch
 
 from ptycho_fast import bundle as bundle_mod
 from ptycho_fast import physics
-from ptycho_fast.bundle import BundleError, load_bundle, save_bundle
+from ptycho_fast.bundle import BundleError, BundlePredictor, load_bundle, save_bundle
 from ptycho_fast.data import UserError
 from ptycho_fast.model import PtychoPINNNet
 
@@ -68,8 +68,10 @@ def test_round_trip_identical_predictions(tmp_path, fmt):
     X = _X()
     with torch.no_grad():
         expected = model(X / SCALE)
-    assert torch.equal(b.predict(X, consistency=False), expected)
-    assert torch.equal(b.predict(X, OFFSETS), b.predict(X, OFFSETS))
+    assert torch.equal(b.predict(X), expected)
+    raw, patches = BundlePredictor(b)(X, OFFSETS)         # the prediction path infer takes
+    assert torch.equal(raw, expected)
+    assert torch.equal(BundlePredictor(b)(X, OFFSETS)[1], patches)
     # no temporary directories are left beside the bundle
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
 
@@ -80,15 +82,15 @@ def test_stored_scale_and_gain_are_the_ones_used(tmp_path):
     X = _X()
     b = load_bundle(path)
     with torch.no_grad():
-        assert torch.equal(b.predict(X, consistency=False), model(X / SCALE))
-    patches = b.predict(X, consistency=False)
+        assert torch.equal(b.predict(X), model(X / SCALE))
+    patches = b.predict(X)
     torch.testing.assert_close(b.predicted_amplitude(patches),
                                GAIN * physics.diffraction_amplitude(patches, torch.as_tensor(_probe())))
     # change them in bundle.json: the loaded bundle follows
     _edit_json(path, lambda i: i.update(intensity_scale=2 * SCALE, probe_gain=3.0))
     b2 = load_bundle(path)
     with torch.no_grad():
-        assert torch.equal(b2.predict(X, consistency=False), model(X / (2 * SCALE)))
+        assert torch.equal(b2.predict(X), model(X / (2 * SCALE)))
     torch.testing.assert_close(b2.predicted_amplitude(patches), b.predicted_amplitude(patches) * (3.0 / GAIN))
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from ptycho_fast import coords, infer, reference, simulate
-from ptycho_fast.bundle import load_bundle
+from ptycho_fast.bundle import BundlePredictor, load_bundle
 from ptycho_fast.data import PtychoDataset, load_dataset, write_h5
 from ptycho_fast.data.hdf5 import LazyDiffraction
 from ptycho_fast.object_big import make_window
@@ -295,9 +295,9 @@ def sample():
 def test_sample_model_streaming_and_ops_parity(sample):
     bundle, ds = sample
     kw = dict(N=bundle.N, gridsize=bundle.gridsize, n_patterns=20)
-    one = infer.reconstruct(ds, infer.BundlePredictor(bundle), batch_size=1000, **kw)
-    seven = infer.reconstruct(ds, infer.BundlePredictor(bundle), batch_size=7, **kw)
-    ref = infer.reconstruct(ds, infer.BundlePredictor(bundle, "reference"), batch_size=7, ops="reference", **kw)
+    one = infer.reconstruct(ds, BundlePredictor(bundle), batch_size=1000, **kw)
+    seven = infer.reconstruct(ds, BundlePredictor(bundle), batch_size=7, **kw)
+    ref = infer.reconstruct(ds, BundlePredictor(bundle, "reference"), batch_size=7, ops="reference", **kw)
     np.testing.assert_allclose(seven.object, one.object, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(ref.object, seven.object, rtol=1e-4, atol=1e-5)
     assert one.degenerate is None and one.stats["complex_var_zero_mean"] > 1e-4
