@@ -179,6 +179,7 @@ from ptychi.api.task import PtychographyTask  # noqa: E402
 from ptycho_fast import evaluate as ev  # noqa: E402
 from ptycho_fast.data import load_dataset  # noqa: E402
 from ptycho_fast.refine import RefineOptions, Refiner  # noqa: E402
+from ptycho_fast.result_files import StoredReconstruction  # noqa: E402
 from ptycho_fast.simulate import simulate  # noqa: E402
 
 logging.getLogger("ptychi").setLevel(logging.WARNING)
@@ -307,7 +308,7 @@ def check_mapping(args) -> dict:
 
 # ----------------------------------------------------------------------------- evaluation
 def scores(obj: np.ndarray, ds, register: bool = False) -> dict:
-    r = ev.evaluate(ev.Reconstruction(object=np.asarray(obj, np.complex128), positions=ds.positions),
+    r = ev.evaluate(StoredReconstruction(object=np.asarray(obj, np.complex128), positions=ds.positions),
                     ev.Truth(object=np.asarray(ds.object, np.complex128), positions=ds.positions, N=ds.N,
                              probe=np.asarray(ds.probe)),
                     register=register)

@@ -36,6 +36,7 @@ import torch
 from ptycho_fast import coords, evaluate as ev, figures, simulate
 from ptycho_fast.data import load_dataset, save_dataset
 from ptycho_fast.refine import Refiner, RefineOptions
+from ptycho_fast.result_files import StoredReconstruction
 
 BENCH = dict(n_patterns=1600, N=64, object_size=512, step=11.0, probe_diameter=32.0, photons=1e6,
              forward="fourier")
@@ -53,7 +54,7 @@ def make_data(kind: str, directory: Path, quick: bool, seed: int = 1):
 
 
 def scores(obj, ds) -> tuple[float, float]:
-    r = ev.evaluate(ev.Reconstruction(object=np.asarray(obj, np.complex128), positions=ds.positions),
+    r = ev.evaluate(StoredReconstruction(object=np.asarray(obj, np.complex128), positions=ds.positions),
                     ev.Truth(object=ds.object.astype(np.complex128), positions=ds.positions, N=ds.N, probe=ds.probe))
     return float(r.metrics["amplitude_ssim"]), float(r.metrics["phase_ssim"])
 
@@ -107,7 +108,7 @@ def main(argv=None) -> int:
         rows, r = time_to_quality(ds, RefineOptions(epochs=epochs))
         curves[kind] = rows
         obj = r.state.object.cpu().numpy()
-        res = ev.evaluate(ev.Reconstruction(object=obj.astype(np.complex128), positions=ds.positions),
+        res = ev.evaluate(StoredReconstruction(object=obj.astype(np.complex128), positions=ds.positions),
                           ev.Truth(object=ds.object.astype(np.complex128), positions=ds.positions, N=ds.N,
                                    probe=ds.probe))
         (out / f"compare_{kind}.png").write_bytes(ev.compare_figure(res))

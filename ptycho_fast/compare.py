@@ -3,7 +3,8 @@
 
 A and B are two ``ptycho-fast infer`` output directories (``object.npz`` + ``summary.json``)
 or two ``--debug-dump`` directories (``stats.json``), e.g. the same inference through our
-kernels and through ``--ops reference``. A is the baseline. Reported:
+kernels and through ``--ops reference``, read through :mod:`ptycho_fast.result_files` (the
+module that writes them). A is the baseline. Reported:
 
 * the patch-variance ratio ``var_zero_mean(A) / var_zero_mean(B)`` (the health figure of the
   predicted patches, ``ops.var_zero_mean``), and the other patch statistics side by side;
@@ -30,8 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from . import metrics
-from .data.dataset import UserError, atomic_output
-from .evaluate import read_json_object
+from .files import UserError, atomic_output
+from .result_files import DEBUG_STATS_JSON, OBJECT_NPZ, STAT_NAMES, SUMMARY_JSON, read_output_directory
 
 __all__ = ["DEFAULT_SSIM_THRESHOLD", "DEFAULT_VAR_RATIO_TOLERANCE", "RunOutput", "load_run",
            "compare_runs", "Comparison", "EXIT_REGRESSION"]
@@ -51,15 +52,6 @@ DEFAULT_VAR_RATIO_TOLERANCE = 0.1
 DEFAULT_VAR_FLOOR = 1e-6
 EXIT_REGRESSION = 1
 
-SUMMARY_FILE = "summary.json"
-STATS_FILE = "stats.json"
-OBJECT_FILE = "object.npz"
-#: where var_zero_mean is looked for in summary.json / stats.json, in order
-_VAR_PATHS = (("patch_stats", "var_zero_mean"), ("var_zero_mean",), ("amplitude", "var_zero_mean"),
-              ("patch_amplitude", "var_zero_mean"), ("patch_stats", "amplitude", "var_zero_mean"),
-              ("stats", "var_zero_mean"))
-_STAT_NAMES = ("mean", "std", "min", "max")
-
 
 @dataclass
 class RunOutput:
@@ -74,71 +66,16 @@ class RunOutput:
     summary: dict = field(default_factory=dict)
 
 
-def _find_var(doc: dict):
-    """(value, dotted path, the dict holding it) of var_zero_mean in ``doc``, or None."""
-    for path in _VAR_PATHS:
-        node = doc
-        for part in path[:-1]:
-            node = node.get(part) if isinstance(node, dict) else None
-        if isinstance(node, dict) and path[-1] in node:
-            return node[path[-1]], ".".join(path), node
-    # anywhere else (first occurrence, breadth first, at most 3 levels deep)
-    frontier = [((), doc)]
-    for _ in range(3):
-        nxt = []
-        for prefix, node in frontier:
-            if not isinstance(node, dict):
-                continue
-            if "var_zero_mean" in node:
-                return node["var_zero_mean"], ".".join(prefix + ("var_zero_mean",)), node
-            nxt.extend((prefix + (k,), v) for k, v in node.items() if isinstance(v, dict))
-        frontier = nxt
-    return None
-
-
-def _number(value, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise UserError(f"{where}: expected a number, got {value!r}")
-    v = float(value)
-    if v < 0:
-        raise UserError(f"{where}: expected a variance >= 0, got {value!r}")
-    return v  # NaN/Inf are kept: a run whose patches went non-finite fails the check
-
-
 def load_run(path, what: str) -> RunOutput:
     """Read an infer output directory or a --debug-dump directory (see module doc)."""
-    from .evaluate import load_reconstruction
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"{what} {path}: no such directory")
-    if not path.is_dir():
-        raise UserError(f"{what} {path}: is not a directory; expected a 'ptycho-fast infer' output "
-                        f"directory ({OBJECT_FILE}, {SUMMARY_FILE}) or a --debug-dump directory ({STATS_FILE})")
-    run = RunOutput(source=str(path))
-    found = []
-    for name in (SUMMARY_FILE, STATS_FILE):
-        if not (path / name).is_file():
-            continue
-        found.append(name)
-        doc = read_json_object(path / name, what)
-        if name == SUMMARY_FILE:
-            run.summary = doc
-        hit = _find_var(doc)
-        if hit is not None and run.var_zero_mean is None:
-            value, dotted, holder = hit
-            run.var_zero_mean = _number(value, f"{what} {path / name}: {dotted}")
-            run.var_from = f"{name}:{dotted}"
-            view = holder.get("var_zero_mean_view")
-            src = holder[view] if isinstance(view, str) and isinstance(holder.get(view), dict) else holder
-            run.stats = {k: float(src[k]) for k in _STAT_NAMES
-                         if isinstance(src.get(k), (int, float)) and not isinstance(src.get(k), bool)}
-    if (path / OBJECT_FILE).is_file():
-        found.append(OBJECT_FILE)
-        rec = load_reconstruction(path, what)
+    found = read_output_directory(path, what)
+    run = RunOutput(source=str(found.path), summary=found.summary)
+    if found.patch_stats is not None:
+        run.var_zero_mean, run.var_from = found.patch_stats.var_zero_mean, found.patch_stats.source
+        run.stats = found.patch_stats.stats
+    if found.reconstruction is not None:
+        rec = found.reconstruction
         run.object, run.coverage, run.covered = rec.object, rec.coverage, rec.covered_mask()
-    if not found:
-        raise UserError(f"{what} {path}: holds none of {OBJECT_FILE}, {SUMMARY_FILE}, {STATS_FILE}; expected a "
-                        "'ptycho-fast infer' output directory or a --debug-dump directory")
     return run
 
 
@@ -232,15 +169,15 @@ def compare_runs(a: RunOutput, b: RunOutput, ssim_threshold: float = DEFAULT_SSI
     # Patch variance.
     if (a.var_zero_mean is None) != (b.var_zero_mean is None):
         have, lack = (a, b) if a.var_zero_mean is not None else (b, a)
-        raise UserError(f"{lack.source}: no patch statistics (var_zero_mean in {SUMMARY_FILE} patch_stats or "
-                        f"{STATS_FILE}) while {have.source} has them; compare two outputs of the same kind")
+        raise UserError(f"{lack.source}: no patch statistics (var_zero_mean in {SUMMARY_JSON} patch_stats or "
+                        f"{DEBUG_STATS_JSON}) while {have.source} has them; compare two outputs of the same kind")
     if a.var_zero_mean is not None:
         checks += 1
         va, vb = a.var_zero_mean, b.var_zero_mean
         ratio = 1.0 if va == vb else (va / vb if vb > 0 else (math.inf if va > 0 else math.nan))
         values.update({"a_var_zero_mean": va, "b_var_zero_mean": vb, "var_ratio": ratio,
                        "a_var_from": a.var_from, "b_var_from": b.var_from})
-        for k in _STAT_NAMES:
+        for k in STAT_NAMES:
             if k in a.stats and k in b.stats:
                 values[f"a_patch_{k}"], values[f"b_patch_{k}"] = a.stats[k], b.stats[k]
         floor = 0.0
@@ -260,7 +197,7 @@ def compare_runs(a: RunOutput, b: RunOutput, ssim_threshold: float = DEFAULT_SSI
     # Stitched canvases.
     if (a.object is None) != (b.object is None):
         have, lack = (a, b) if a.object is not None else (b, a)
-        raise UserError(f"{lack.source}: no {OBJECT_FILE} (stitched canvas) while {have.source} has one; "
+        raise UserError(f"{lack.source}: no {OBJECT_NPZ} (stitched canvas) while {have.source} has one; "
                         "compare two outputs of the same kind")
     if a.object is not None:
         checks += 1
@@ -272,7 +209,7 @@ def compare_runs(a: RunOutput, b: RunOutput, ssim_threshold: float = DEFAULT_SSI
                 failures.append(f"{image} SSIM between the canvases = {s:.6f} is below the threshold "
                                 f"{ssim_threshold:g} (MAE {cm[f'{image}_mae']:.4g})")
     else:
-        notes.append(f"no {OBJECT_FILE} on either side: canvases not compared")
+        notes.append(f"no {OBJECT_NPZ} on either side: canvases not compared")
     if checks == 0:  # pragma: no cover - load_run guarantees one of them
         raise UserError("nothing to compare")
     return Comparison(values, failures, notes)
@@ -293,7 +230,7 @@ def format_table(c: Comparison) -> str:
                  f"{'ok' if ok else 'FAIL'} (1 ± {v['var_ratio_tolerance']:g})")
         lines.append(f"{'patch var_zero_mean':26s}{num(v['a_var_zero_mean']):>14s}{num(v['b_var_zero_mean']):>14s}"
                      f"{num(v['var_ratio'], '{:.4f}'):>14s}  {check}")
-        for k in _STAT_NAMES:
+        for k in STAT_NAMES:
             if f"a_patch_{k}" in v:
                 lines.append(f"{'patch ' + k:26s}{num(v[f'a_patch_{k}']):>14s}{num(v[f'b_patch_{k}']):>14s}"
                              f"{num(v[f'a_patch_{k}'] - v[f'b_patch_{k}']):>14s}")

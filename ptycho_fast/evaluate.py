@@ -2,8 +2,9 @@
 
 Steps, each recorded in ``metrics.json``:
 
-1. read the reconstruction (an infer output directory: ``object.npz`` with ``object``,
-   optional ``coverage`` and ``positions``; or any NPZ/.npy holding a complex ``object``)
+1. read the reconstruction through :mod:`ptycho_fast.result_files` (an infer or refine
+   output directory: ``object.npz`` with ``object``, optional ``coverage`` and
+   ``positions``; or any NPZ/.npy holding a complex ``object``)
    and the truth (a data file's ``objectGuess`` via ``load_dataset``, or an NPZ/.npy with
    a complex object); both must be complex and of one shape (the same object pixel frame);
 2. crop to the illuminated region (``metrics.illuminated_region``: the largest rectangle
@@ -28,19 +29,20 @@ import csv
 import io
 import json
 import math
-import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from . import metrics
+from .files import UserError, atomic_output
+from .result_files import (StoredReconstruction, as_complex_object, file_kind, npz_array, open_npz,
+                           read_reconstruction)
 from .runtime import package_version
-from .data.dataset import UserError, atomic_output
 
 __all__ = [
-    "Reconstruction", "Truth", "EvaluationResult", "load_reconstruction", "load_truth",
-    "evaluate", "write_outputs", "CROP_MODES", "METRIC_NAMES", "FORMAT",
+    "Truth", "EvaluationResult", "load_truth", "evaluate", "write_outputs", "CROP_MODES",
+    "METRIC_NAMES", "FORMAT",
 ]
 
 FORMAT = "ptycho_fast.evaluation"
@@ -49,30 +51,9 @@ CROP_MODES = ("auto", "illuminated", "scan", "covered", "none")
 #: per-image metrics; the keys of metrics.json are f"{image}_{name}", image = amplitude | phase
 METRIC_NAMES = ("mae", "rmse", "psnr", "ssim", "frc_half_bit_px", "frc_half_bit_nyquist",
                 "frc_one_seventh_px", "frc_one_seventh_nyquist", "frc_mean")
-RECON_OBJECT_FILE = "object.npz"
-RECON_SUMMARY_FILE = "summary.json"
-_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
-_NPY_MAGIC = b"\x93NUMPY"
 
 
 # ----------------------------------------------------------------------------- reading
-@dataclass
-class Reconstruction:
-    object: np.ndarray                      # (H, W) complex128
-    coverage: np.ndarray | None = None      # (H, W) float, 0 = not covered
-    positions: np.ndarray | None = None     # (P, 2) probe centres (row, col), canvas pixels
-    N: int | None = None
-    source: str = "<memory>"
-    summary: dict = field(default_factory=dict)
-    covered: np.ndarray | None = None       # (H, W) bool: the pixels infer counts as covered
-    origin: tuple[int, int] | None = None   # data-frame (row, col) of canvas pixel [0, 0]
-
-    def covered_mask(self) -> np.ndarray | None:
-        if self.covered is not None:
-            return self.covered
-        return None if self.coverage is None else self.coverage > 0
-
-
 @dataclass
 class Truth:
     object: np.ndarray                      # (H, W) complex128
@@ -80,129 +61,6 @@ class Truth:
     N: int | None = None
     source: str = "<memory>"
     probe: np.ndarray | None = None         # (N, N) or (M, N, N): for --crop illuminated
-
-
-def _magic(path: Path) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read(8)
-    except OSError as exc:
-        raise UserError(f"{path}: cannot be read ({exc.strerror or exc})") from None
-
-
-def _open_npz(path: Path, what: str):
-    try:
-        return np.load(path, allow_pickle=False)
-    except ValueError as exc:
-        if "pickle" in str(exc):
-            raise UserError(f"{what} {path}: holds pickled Python objects; refusing to load it") from None
-        raise UserError(f"{what} {path}: not a readable NPZ/.npy file ({exc})") from None
-    except (zipfile.BadZipFile, EOFError, OSError) as exc:
-        raise UserError(f"{what} {path}: not a readable NPZ/.npy file ({exc})") from None
-
-
-def _npz_array(npz, key: str, path: Path, what: str) -> np.ndarray:
-    try:
-        return np.asarray(npz[key])
-    except KeyError:
-        raise UserError(f"{what} {path}: no key '{key}' (found: {', '.join(sorted(npz.files)) or 'nothing'})") from None
-    except ValueError as exc:
-        raise UserError(f"{what} {path}: key '{key}' cannot be read without pickle ({exc})") from None
-
-
-def _as_object(arr: np.ndarray, where: str, other_is_complex_hint: str) -> np.ndarray:
-    arr = np.asarray(arr)
-    if arr.ndim == 3 and arr.shape[0] == 1:
-        arr = arr[0]
-    if arr.ndim != 2:
-        raise UserError(f"{where}: expected a 2-D (H, W) complex object, got shape {arr.shape}")
-    if not np.issubdtype(arr.dtype, np.number):
-        raise UserError(f"{where}: expected complex numbers, got dtype {arr.dtype}")
-    if not np.iscomplexobj(arr):
-        raise UserError(f"{where}: is real ({arr.dtype}) but {other_is_complex_hint}; evaluate compares "
-                        "complex objects (amplitude·exp(i·phase)), so give the complex object, not an "
-                        "amplitude or phase image")
-    arr = arr.astype(np.complex128)
-    if not np.all(np.isfinite(arr)):
-        raise UserError(f"{where}: contains NaN or infinite values")
-    return arr
-
-
-def read_json_object(path: Path, what: str) -> dict:
-    """A JSON file holding an object; anything else is a one-line UserError."""
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{what} {path}: not readable JSON ({exc})") from None
-    if not isinstance(value, dict):
-        raise UserError(f"{what} {path}: expected a JSON object")
-    return value
-
-
-def _summary_N(summary: dict) -> int | None:
-    for key in ("N", "patch_size"):
-        v = summary.get(key)
-        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
-            return v
-    return None
-
-
-def load_reconstruction(path, what: str = "RECON") -> Reconstruction:
-    """An infer output directory (``object.npz`` [+ ``summary.json``]) or an NPZ with key
-    ``object`` (optional ``coverage``, ``positions``), or a .npy complex array."""
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"{what} {path}: no such file or directory")
-    summary: dict = {}
-    if path.is_dir():
-        obj_path = path / RECON_OBJECT_FILE
-        if not obj_path.is_file():
-            raise UserError(f"{what} {path}: no {RECON_OBJECT_FILE} in it (expected a "
-                            "'ptycho-fast infer' output directory or an NPZ file with key 'object')")
-        if (path / RECON_SUMMARY_FILE).is_file():
-            summary = read_json_object(path / RECON_SUMMARY_FILE, what)
-        file = obj_path
-    else:
-        file = path
-    head = _magic(file)
-    coverage = positions = covered = origin = None
-    if head.startswith(_NPY_MAGIC):
-        arr = _open_npz(file, what)
-        obj = _as_object(arr, f"{what} {file}", "the truth must be complex too")
-    elif head[:4] in _ZIP_MAGIC:
-        with _open_npz(file, what) as npz:
-            obj = _as_object(_npz_array(npz, "object", file, what), f"{what} {file}: key 'object'",
-                             "the truth is complex")
-            if "coverage" in npz.files:
-                coverage = _npz_array(npz, "coverage", file, what)
-                if coverage.shape != obj.shape or np.iscomplexobj(coverage) \
-                        or not np.issubdtype(coverage.dtype, np.number):
-                    raise UserError(f"{what} {file}: key 'coverage' must be a real (H, W) = {obj.shape} "
-                                    f"weight map, got {coverage.dtype} of shape {coverage.shape}")
-                coverage = np.nan_to_num(coverage.astype(np.float64), nan=0.0)
-            if "covered" in npz.files:
-                covered = _npz_array(npz, "covered", file, what)
-                if covered.shape != obj.shape or not (covered.dtype == bool or np.issubdtype(covered.dtype, np.integer)):
-                    raise UserError(f"{what} {file}: key 'covered' must be a boolean (H, W) = {obj.shape} "
-                                    f"mask, got {covered.dtype} of shape {covered.shape}")
-                covered = covered.astype(bool)
-            if "origin" in npz.files:
-                o = _npz_array(npz, "origin", file, what)
-                if o.shape != (2,) or not np.issubdtype(o.dtype, np.number) or np.iscomplexobj(o) \
-                        or not np.all(np.isfinite(o)) or not np.array_equal(o, np.round(o)):
-                    raise UserError(f"{what} {file}: key 'origin' must be two integers (row, col), "
-                                    f"got {o.dtype} {o.tolist()}")
-                origin = (int(o[0]), int(o[1]))
-            if "positions" in npz.files:
-                positions = _npz_array(npz, "positions", file, what)
-                if positions.ndim != 2 or positions.shape[1:] != (2,) or np.iscomplexobj(positions) \
-                        or not np.issubdtype(positions.dtype, np.number) or not np.all(np.isfinite(positions)):
-                    raise UserError(f"{what} {file}: key 'positions' must be finite (P, 2) probe centres "
-                                    f"(row, col), got {positions.dtype} of shape {positions.shape}")
-                positions = positions.astype(np.float64)
-    else:
-        raise UserError(f"{what} {path}: not an NPZ/.npy file or an infer output directory")
-    return Reconstruction(obj, coverage, positions, _summary_N(summary), str(path), summary, covered, origin)
 
 
 def load_truth(path, what: str = "--truth") -> Truth:
@@ -217,21 +75,21 @@ def load_truth(path, what: str = "--truth") -> Truth:
     if path.is_dir():
         raise UserError(f"{what} {path}: is a directory; expected a data file (its objectGuess) or an "
                         "NPZ/.npy holding the complex ground-truth object")
-    head = _magic(path)
+    kind = file_kind(path)
     hint = "the reconstruction is complex"
-    if head.startswith(_NPY_MAGIC):
-        return Truth(_as_object(_open_npz(path, what), f"{what} {path}", hint), source=str(path))
-    if head[:4] in _ZIP_MAGIC:
-        with _open_npz(path, what) as npz:
+    if kind == "npy":
+        return Truth(as_complex_object(open_npz(path, what), f"{what} {path}", hint), source=str(path))
+    if kind == "npz":
+        with open_npz(path, what) as npz:
             keys = list(npz.files)
             if "diffraction" not in keys and "diff3d" not in keys:
                 for key in ("objectGuess", "object"):
                     if key in keys:
-                        return Truth(_as_object(_npz_array(npz, key, path, what),
-                                                f"{what} {path}: key '{key}'", hint), source=str(path))
+                        return Truth(as_complex_object(npz_array(npz, key, path, what),
+                                                       f"{what} {path}: key '{key}'", hint), source=str(path))
                 if len(keys) == 1:
-                    return Truth(_as_object(_npz_array(npz, keys[0], path, what),
-                                            f"{what} {path}: key '{keys[0]}'", hint), source=str(path))
+                    return Truth(as_complex_object(npz_array(npz, keys[0], path, what),
+                                                   f"{what} {path}: key '{keys[0]}'", hint), source=str(path))
                 raise UserError(f"{what} {path}: no ground-truth object: expected key 'objectGuess' or "
                                 f"'object' (found: {', '.join(sorted(keys)) or 'nothing'})")
     try:
@@ -244,7 +102,7 @@ def load_truth(path, what: str = "--truth") -> Truth:
     try:
         if ds.object is None:
             raise UserError(f"{what} {path}: the data file holds no ground-truth object (objectGuess)")
-        obj = _as_object(ds.object, f"{what} {path}: objectGuess", hint)
+        obj = as_complex_object(ds.object, f"{what} {path}: objectGuess", hint)
         return Truth(obj, ds.positions.copy(), ds.N, str(path), np.asarray(ds.probe).copy())
     finally:
         ds.close()
@@ -297,7 +155,7 @@ def _image_metrics(prefix: str, truth: np.ndarray, recon: np.ndarray, taper: flo
     return out, curve
 
 
-def _resolve_region(recon: Reconstruction, truth: Truth, crop: str, N, positions, margin: int,
+def _resolve_region(recon: StoredReconstruction, truth: Truth, crop: str, N, positions, margin: int,
                     illumination_floor: float):
     """(rows, cols, info) of the region to evaluate, in the reconstruction's canvas frame.
     ``truth`` is already cut to that frame (its positions shifted by the origin)."""
@@ -355,7 +213,7 @@ def _resolve_region(recon: Reconstruction, truth: Truth, crop: str, N, positions
     return rows, cols, info
 
 
-def _truth_in_canvas(recon: Reconstruction, truth: Truth) -> Truth:
+def _truth_in_canvas(recon: StoredReconstruction, truth: Truth) -> Truth:
     """The truth cut to the reconstruction's canvas: canvas pixel [0, 0] is truth pixel
     ``recon.origin`` (0, 0 when not given); truth positions move with it."""
     (H, W), (Ht, Wt) = recon.object.shape, truth.object.shape
@@ -414,7 +272,7 @@ def _shrink(rows: slice, cols: slice, m: int) -> tuple[slice, slice]:
     return slice(rows.start + m, rows.stop - m), slice(cols.start + m, cols.stop - m)
 
 
-def evaluate(recon: Reconstruction, truth: Truth, *, register: bool = False, phase_ramp: bool = False,
+def evaluate(recon: StoredReconstruction, truth: Truth, *, register: bool = False, phase_ramp: bool = False,
              match_scale: bool = False, crop: str = "auto", crop_margin: int = 0, N: int | None = None,
              positions=None, frc_taper: float = 0.1, upsample: int = 100,
              max_shift: float | None = None,
@@ -687,7 +545,7 @@ def cli_main(args: argparse.Namespace) -> int:
     parent = out.parent if str(out.parent) else Path(".")
     if not parent.is_dir():
         raise UserError(f"--out {out}: directory {parent} does not exist")
-    recon = load_reconstruction(args.recon)
+    recon = read_reconstruction(args.recon)
     truth = load_truth(args.truth)
     result = evaluate(recon, truth, register=args.register, phase_ramp=args.phase_ramp,
                       match_scale=args.match_scale, crop=args.crop, crop_margin=args.crop_margin,

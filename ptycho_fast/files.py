@@ -6,7 +6,7 @@
 * :class:`OutputSet` — several files of one result directory, renamed into place together
   only once every one is complete (all-or-nothing).
 * :func:`atomic_directory` — a whole directory built aside and renamed into place.
-* :func:`write_json` / :func:`write_text` / :func:`jsonable`.
+* :func:`write_json` / :func:`write_text` / :func:`jsonable`; :func:`read_json_object`.
 
 Every file created here gets the permissions ``0o666 & ~umask`` (``mkstemp`` creates them
 0600, which a shared beamline directory would not want): :func:`umask` is the one rule.
@@ -25,7 +25,7 @@ from typing import Iterator
 import numpy as np
 
 __all__ = ["UserError", "umask", "atomic_output", "atomic_directory", "OutputSet", "jsonable",
-           "write_json", "write_text", "json_text"]
+           "write_json", "write_text", "json_text", "read_json_object"]
 
 
 class UserError(ValueError):
@@ -195,3 +195,15 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 def write_json(path: str | os.PathLike, obj) -> None:
     write_text(path, json_text(obj))
+
+
+def read_json_object(path: str | os.PathLike, what: str) -> dict:
+    """A JSON file holding an object; anything else is a one-line UserError naming ``what``."""
+    path = Path(path)
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{what} {path}: not readable JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise UserError(f"{what} {path}: expected a JSON object")
+    return value

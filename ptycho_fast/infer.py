@@ -424,7 +424,7 @@ def write_debug_dump(directory, rec: Reconstruction) -> list[str]:
             tmp.write_text(json.dumps(jsonable(obj), indent=2, allow_nan=True) + "\n")
         written.append(name)
 
-    put_json("stats.json", {
+    put_json(result_files.DEBUG_STATS_JSON, {
         "patch_stats": _patch_stats_doc(rec.stats),
         "first_batch": _patch_stats_doc(rec.first_batch_stats),
         "canvas": rec.canvas_stats,

@@ -34,13 +34,11 @@ from pathlib import Path
 
 import numpy as np
 
+from . import result_files
 from .data.dataset import DataError, UserError
 
 __all__ = ["describe", "describe_dataset", "describe_bundle", "describe_reconstruction",
            "format_text"]
-
-_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
-
 
 def _version() -> str:
     from .runtime import package_version
@@ -294,9 +292,9 @@ def describe_bundle(path) -> dict:
 
 # ----------------------------------------------------------------------------- infer outputs
 def describe_reconstruction(path) -> dict:
-    """Facts about a ``ptycho-fast infer`` output directory or an NPZ with key ``object``."""
-    from .evaluate import load_reconstruction
-    rec = load_reconstruction(path, "FILE")
+    """Facts about a ``ptycho-fast infer``/``refine`` output directory or an NPZ with key
+    ``object`` (read by :func:`ptycho_fast.result_files.read_reconstruction`)."""
+    rec = result_files.read_reconstruction(path, "FILE")
     obj = rec.object
     out = {"kind": "reconstruction", "path": str(path),
            "object": {"shape": _shape(obj), "amplitude": _stats(np.abs(obj)), "phase": _stats(np.angle(obj))},
@@ -323,10 +321,10 @@ def describe(path) -> dict:
     if path.is_dir():
         if (path / "bundle.json").is_file() or (path / "model" / "bundle.json").is_file():
             return describe_bundle(path)
-        if (path / "object.npz").is_file():
+        if result_files.is_reconstruction_dir(path):
             return describe_reconstruction(path)
         raise UserError(f"FILE {path}: is a directory but neither a model bundle (bundle.json), a training "
-                        "run (model/bundle.json) nor an inference output (object.npz)")
+                        f"run (model/bundle.json) nor an inference output ({result_files.OBJECT_NPZ})")
     if path.name == "bundle.json":
         return describe_bundle(path.parent)
     try:
@@ -334,11 +332,10 @@ def describe(path) -> dict:
     except DataError as exc:
         # Not a dataset: an NPZ may still be a reconstruction or a plain set of arrays.
         try:
-            with open(path, "rb") as f:
-                head = f.read(4)
-        except OSError:
+            kind = result_files.file_kind(path)
+        except UserError:
             raise exc from None
-        if head not in _ZIP_MAGIC:
+        if kind != "npz":
             raise
         arrays = _npz_arrays(path)
         if any(a["name"] == "object" for a in arrays):

@@ -162,8 +162,8 @@ class RefineOptions:
 def load_init_object(path, shape: tuple[int, int]) -> np.ndarray:
     """The starting object from ``--init``: an ``infer``/``refine`` output directory
     (its object.npz) or an NPZ with key ``object``; it must have the canvas ``shape``."""
-    from .evaluate import load_reconstruction
-    rec = load_reconstruction(path, what="--init")
+    from .result_files import read_reconstruction
+    rec = read_reconstruction(path, what="--init")
     obj = np.asarray(rec.object)
     if obj.shape != tuple(shape):
         raise UserError(f"--init {path}: the object is {obj.shape[0]} x {obj.shape[1]} but this data's "

@@ -26,6 +26,7 @@ from ptycho_fast.data import load_dataset, save_dataset
 from ptycho_fast.files import UserError
 from ptycho_fast.refine import DivergedError, Refiner, RefineOptions
 from ptycho_fast.refine_output import CHECKPOINT
+from ptycho_fast.result_files import StoredReconstruction
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -47,7 +48,7 @@ def data_file(tmp_path_factory, data):
 
 
 def scores(obj, ds):
-    r = ev.evaluate(ev.Reconstruction(object=np.asarray(obj, np.complex128), positions=ds.positions),
+    r = ev.evaluate(StoredReconstruction(object=np.asarray(obj, np.complex128), positions=ds.positions),
                     ev.Truth(object=ds.object.astype(np.complex128), positions=ds.positions, N=ds.N,
                              probe=ds.probe))
     return r.metrics["amplitude_ssim"], r.metrics["phase_ssim"]
