@@ -36,8 +36,8 @@ import numpy as np
 
 from . import metrics
 from .files import UserError, atomic_output
-from .result_files import (StoredReconstruction, as_complex_object, file_kind, npz_array, open_npz,
-                           read_reconstruction)
+from .data import file_kind
+from .result_files import StoredReconstruction, as_complex_object, npz_array, open_npz, read_reconstruction
 from .runtime import package_version
 
 __all__ = [

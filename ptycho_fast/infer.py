@@ -3,7 +3,8 @@
 Reconstruct the full-field object from a dataset with a trained model bundle::
 
     data (P patterns, positions)  --groups of C = gridsize² neighbours (data.group_positions)
-      -> batches of B groups, each reading only its patterns (an HDF5 file streams)
+      -> batches of B groups, each reading only its patterns (data.PatternReader: an HDF5
+         file streams)
       -> BundlePredictor: X / s (stored intensity scale) -> network -> object_big (gridsize > 1)
       -> EVERY predicted patch stitched at its own scan position (ops.stitch_patches with
          the window as weights, one call per batch into the batch's bounding box)
@@ -14,9 +15,15 @@ when the file has one (results compare pixel for pixel with the ground truth), e
 scan's extent, its pixel [0, 0] at ``origin`` = floor of the smallest patch top-left.
 
 Outputs in DIR (all-or-nothing: every file goes to a temporary name beside it and all are
-renamed into place only once every one is complete): ``object.npz``, ``object.h5``,
+renamed into place only once every one is complete; written by :mod:`ptycho_fast.infer_output`
+on the layout of :mod:`ptycho_fast.result_files`): ``object.npz``, ``object.h5``,
 ``object_ptychodus.h5`` (``--format ptychodus``), ``amplitude.png``, ``phase.png``,
 ``summary.json`` [, ``patch_stats.json`` with ``--log-patch-stats``].
+
+This module is the reconstruction loop (:func:`reconstruct`: the canvas accumulators, the
+per-batch monitor and the guard's checks) and the command (:func:`run_infer`, the CLI); the
+predictor is :class:`ptycho_fast.bundle.BundlePredictor`, the pattern reader
+:class:`ptycho_fast.data.PatternReader`.
 
 The collapse guard checks the statistics of the network's predicted patches (ops.patch_stats)
 after the first batch and over all patches at the end: non-finite values, an amplitude that
@@ -30,41 +37,38 @@ The stitching path is testable without a network: :func:`reconstruct` takes any
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
-import json
 import math
 import sys
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from . import coords, ops as fast_ops
-from . import figures, result_files
-from .coords import CanvasFrame, canvas_frame
-from .result_files import (AMPLITUDE_PNG, OBJECT_H5, OBJECT_NPZ, OBJECT_FORMAT, PHASE_PNG,  # noqa: F401
-                           PTYCHODUS_PRODUCT, SUMMARY_JSON)
-from .data.dataset import DataWarning
-from .data.hdf5 import COVER_FACTOR, COVER_MIN, covering_slice
-from .files import OutputSet, UserError, atomic_output, jsonable
-from .runtime import check_device_name, resolve_device, versions
+from . import result_files
 from .bundle import BundlePredictor, load_bundle
-from .object_big import make_window
-from .progress import Progress
+from .coords import CanvasFrame, canvas_frame
+from .data import PatternReader, group_positions, load_dataset, load_dataset_reporting
+from .files import UserError
 from .guard import (DEFAULT_COLLAPSE_FLOOR, EXIT_COLLAPSE, PHASE_STATS_BATCHES, STATS_DDOF, CollapseError,
                     StatsAccumulator, amplitude_flat_note, batch_record, batch_stats, collapse_reason)
+from .infer_output import (DEBUG_PATCHES, PATCH_STATS_JSON, Source, canvas_stats, write_collapse_outputs,
+                           write_debug_dump, write_outputs)
+from .object_big import make_window
+from .progress import Progress
+from .result_files import (AMPLITUDE_PNG, OBJECT_FORMAT, OBJECT_H5, OBJECT_NPZ, PHASE_PNG,  # noqa: F401
+                           PTYCHODUS_PRODUCT, SUMMARY_JSON)
+from .runtime import check_device_name, resolve_device
 
 __all__ = [
     "InferConfig", "InferResult", "Reconstruction", "CollapseError", "CanvasFrame",
-    "canvas_frame", "reconstruct", "run_infer", "write_debug_dump",
-    "collapse_reason", "sample_paths", "SAMPLE_DIR", "SAMPLE_DATA", "SAMPLE_MODEL",
-    "DEFAULT_OUT", "WINDOWS", "FORMATS", "OPS", "COVERAGE_FLOOR", "STATS_DDOF",
-    "DEFAULT_BATCH_SIZE", "DEFAULT_COLLAPSE_FLOOR", "EXIT_COLLAPSE",
+    "canvas_frame", "reconstruct", "run_infer", "collapse_reason", "sample_paths",
+    "SAMPLE_DIR", "SAMPLE_DATA", "SAMPLE_MODEL", "DEFAULT_OUT", "WINDOWS", "FORMATS", "OPS",
+    "COVERAGE_FLOOR", "STATS_DDOF", "DEFAULT_BATCH_SIZE", "DEFAULT_COLLAPSE_FLOOR", "EXIT_COLLAPSE",
 ]
 
 #: the bundled sample (package data, produced by scripts/make_sample.py)
@@ -83,18 +87,10 @@ DEFAULT_BATCH_SIZE = 64
 #: a canvas pixel is covered when its accumulated weight exceeds this fraction of the
 #: largest accumulated weight; uncovered pixels are 0 in the object (never divided)
 COVERAGE_FLOOR = 1e-6
-#: predicted patches shown in the debug dump
-DEBUG_PATCHES = 16
-#: a batch's patterns are read as one slice when they are compact (the data layer's rule:
-#: at most SPAN_FACTOR times their number of distinct patterns, or SPAN_MIN rows)
-SPAN_FACTOR, SPAN_MIN = COVER_FACTOR, COVER_MIN
 #: warn when this data's intensity scale differs from the model's by more than this factor
 SCALE_WARN_FACTOR = 2.0
-
-PATCH_STATS_JSON = "patch_stats.json"
 #: where --refine K writes the refined result, inside DIR
 REFINED_DIR = "refined"
-SUMMARY_FORMAT = "ptycho_fast.inference_summary"
 
 
 def _check_positions_hit(top_left: np.ndarray, shape, N: int, where: str) -> None:
@@ -168,20 +164,73 @@ def reconstruct(dataset, predictor, *, N: int | None = None, gridsize: int = 1,
     units, on ``device``), offsets (B, C, 2) float32 member - centroid, indices (B, C) int64
     pattern indices; returns complex patches (B, C, N, N), or ``(network_patches,
     stitched_patches)`` (the statistics and the guard read the first). ``batch_size`` is in
-    groups. The data are read batch by batch through the data layer (:class:`_PatternReader`;
-    a lazy HDF5 file streams).
+    groups. The data are read batch by batch through the data layer
+    (:class:`ptycho_fast.data.PatternReader`; a lazy HDF5 file streams).
     Raises :class:`CollapseError` when the guard trips (unless ``allow_degenerate``, which
     records the reason in ``Reconstruction.degenerate`` and goes on). ``model_intensity_scale``
     (the bundle's s) is compared with this data's, estimated from the first batch: a factor
     beyond :data:`SCALE_WARN_FACTOR` is reported to ``on_warning(message)``, and the guard's
     message quotes both.
     """
-    from .data import group_positions
     t_start = time.perf_counter()
     device = torch.device(device)
+    N, P, C = _check_arguments(dataset, N, gridsize, batch_size, window, ops, n_patterns)
+    rec, groups, top_left = _layout(dataset, N, P, int(gridsize), window, ops, int(batch_size), seed)
+    win = make_window(_WINDOW_KIND[window], N, dataset.probe, dtype=torch.float32, device=device)
+    kernels = fast_ops.backend(ops)
+    canvas = _Canvas(rec.frame.shape, top_left, win, N, kernels, device)
+    monitor = _Monitor(rec, kernels, stats_limit)
+    checks = _Guard(collapse_floor, allow_degenerate, guard, model_intensity_scale, on_warning)
+    t = {"read": 0.0, "network": 0.0, "stats": 0.0, "stitching": 0.0}
+    G, B = groups.n_groups, int(batch_size)
+    flat = groups.indices.reshape(-1)
+    read = PatternReader(dataset)
+    bar = Progress(G * C, "infer", enabled=None if progress else False, unit="pat")
+    with bar:
+        for k, g0 in enumerate(range(0, G, B)):
+            g1 = min(g0 + B, G)
+            b = g1 - g0
+            t0 = time.perf_counter()
+            idx = flat[g0 * C:g1 * C]
+            X = torch.as_tensor(np.asarray(read(idx), dtype=np.float32)).reshape(b, C, N, N).to(device)
+            offsets = torch.as_tensor(groups.offsets[g0:g1], dtype=torch.float32, device=device)
+            monitor.add_patterns(X)
+            _sync(device)
+            t1 = time.perf_counter()
+            raw, patches = _as_pair(predictor(X, offsets, groups.indices[g0:g1]))
+            raw = raw.reshape(b * C, N, N)
+            raw = raw if raw.is_complex() else torch.complex(raw, torch.zeros_like(raw))
+            patches = patches.reshape(b * C, N, N).to(torch.complex64)
+            _sync(device)
+            t2 = time.perf_counter()
+            monitor.add_patches(raw, k)
+            _sync(device)
+            t3 = time.perf_counter()
+            if k == 0:
+                checks.first_batch(rec, monitor)
+            canvas.add(patches, idx)
+            _sync(device)
+            t4 = time.perf_counter()
+            for stage, seconds in (("read", t1 - t0), ("network", t2 - t1), ("stats", t3 - t2),
+                                   ("stitching", t4 - t3)):
+                t[stage] += seconds
+            rec.n_patches += b * C
+            bar.update(b * C)
+    t0 = time.perf_counter()
+    canvas.finish(rec)
+    _sync(device)
+    t["stitching"] += time.perf_counter() - t0
+    monitor.finish(rec)
+    t["reconstruct_total"] = time.perf_counter() - t_start
+    rec.timings = t
+    checks.end(rec)
+    return rec
+
+
+def _check_arguments(dataset, N, gridsize, batch_size, window, ops, n_patterns) -> tuple[int, int, int]:
+    """(N, P, C) of a reconstruction, or the UserError naming the bad option."""
     if ops not in OPS:
         raise UserError(f"--ops: must be one of {', '.join(OPS)}, got {ops!r}")
-    kernels = fast_ops.backend(ops)
     N = int(dataset.N if N is None else N)
     if window not in WINDOWS:
         raise UserError(f"--window: must be one of {', '.join(WINDOWS)}, got {window!r}")
@@ -194,289 +243,151 @@ def reconstruct(dataset, predictor, *, N: int | None = None, gridsize: int = 1,
         raise UserError(f"--n-patterns {P}: a gridsize-{gridsize} model needs groups of {C} patterns")
     if int(batch_size) < 1:
         raise UserError(f"--batch-size: must be >= 1, got {batch_size}")
+    return N, P, C
+
+
+def _layout(dataset, N: int, P: int, gridsize: int, window: str, ops: str, batch_size: int, seed: int):
+    """The canvas frame, the patches' top-left positions and the groups of the first P
+    patterns: (an empty Reconstruction, the groups, top-left (P, 2) canvas pixels)."""
     positions = np.asarray(dataset.positions[:P], dtype=np.float64)
     obj_shape = None if dataset.object is None else dataset.object.shape
     frame = canvas_frame(positions, N, obj_shape)
-    H, W = frame.shape
     centres = positions - frame.origin
     top_left = coords.centres_to_top_left(centres, N)
     _check_positions_hit(top_left, frame.shape, N, str(getattr(dataset, "source", "data")))
-
-    groups = group_positions(positions, int(gridsize), seed=seed)
-    G = groups.n_groups
+    groups = group_positions(positions, gridsize, seed=seed)
     rec = Reconstruction(object=None, coverage=None, covered=None, coverage_floor=COVERAGE_FLOOR,
-                         frame=frame, positions=centres, N=N, gridsize=int(gridsize), n_patterns=P,
-                         n_groups=G, window=window, ops=ops, batch_size=int(batch_size),
+                         frame=frame, positions=centres, N=N, gridsize=gridsize, n_patterns=P,
+                         n_groups=groups.n_groups, window=window, ops=ops, batch_size=batch_size,
                          seed=seed, group_offsets=groups.offsets)
-    win = make_window(_WINDOW_KIND[window], N, dataset.probe, dtype=torch.float32, device=device)
-    canvas = torch.zeros((H, W), dtype=torch.complex128, device=device)
-    weight = torch.zeros((H, W), dtype=torch.float64, device=device)
-    top_left_t = torch.as_tensor(top_left, dtype=torch.float64, device=device)
-    accumulator = StatsAccumulator()
-    t = {"read": 0.0, "network": 0.0, "stats": 0.0, "stitching": 0.0}
-    energy, energy_n = 0.0, 0
-    flat = groups.indices.reshape(-1)
-    read = _PatternReader(dataset)
-    bar = Progress(G * C, "infer", enabled=None if progress else False, unit="pat")
-    with bar:
-        for k, g0 in enumerate(range(0, G, int(batch_size))):
-            g1 = min(g0 + int(batch_size), G)
-            b = g1 - g0
-            t0 = time.perf_counter()
-            idx = flat[g0 * C:g1 * C]
-            amps = read(idx)
-            X = torch.as_tensor(np.asarray(amps, dtype=np.float32)).reshape(b, C, N, N).to(device)
-            offsets = torch.as_tensor(groups.offsets[g0:g1], dtype=torch.float32, device=device)
-            batch_energy = float(X.double().square().sum())
-            energy, energy_n = energy + batch_energy, energy_n + b * C
-            _sync(device)
-            t1 = time.perf_counter()
-            raw, patches = _as_pair(predictor(X, offsets, groups.indices[g0:g1]))
-            raw = raw.reshape(b * C, N, N)
-            raw = raw if raw.is_complex() else torch.complex(raw, torch.zeros_like(raw))
-            patches = patches.reshape(b * C, N, N).to(torch.complex64)
-            _sync(device)
-            t2 = time.perf_counter()
-            stats = batch_stats(raw, phase=k < max(PHASE_STATS_BATCHES, stats_limit), ops=kernels)
-            accumulator.add(stats)
-            if k < stats_limit:
-                rec.batch_records.append(batch_record(stats, k))
-            if rec.first_patches is None or len(rec.first_patches) < DEBUG_PATCHES:
-                more = raw[:DEBUG_PATCHES].detach().to(torch.complex64).cpu().numpy()
-                rec.first_patches = more if rec.first_patches is None else np.concatenate(
-                    [rec.first_patches, more])[:DEBUG_PATCHES]
-            _sync(device)
-            t3 = time.perf_counter()
-            if k == 0:
-                rec.first_batch_stats = accumulator.summary()
-                rec.data_intensity_scale = math.sqrt(energy / energy_n) / (N / 2)
-                if model_intensity_scale and on_warning is not None:
-                    ratio = rec.data_intensity_scale / model_intensity_scale
-                    if not 1 / SCALE_WARN_FACTOR <= ratio <= SCALE_WARN_FACTOR:
-                        on_warning(f"this data's intensity scale ({rec.data_intensity_scale:.4g}, from "
-                                   f"the first batch) differs from the model's ({model_intensity_scale:.4g}) "
-                                   f"by a factor {ratio:.3g}: the dose differs from the training data's")
-                if guard:
-                    _guard(rec, rec.first_batch_stats, collapse_floor, allow_degenerate,
-                           "after the first batch", on_warning, model_intensity_scale)
-            _stitch_batch(kernels, patches, top_left_t[torch.as_tensor(idx, device=device)], top_left[idx], win,
-                          canvas, weight, N)
-            _sync(device)
-            t4 = time.perf_counter()
-            t["read"] += t1 - t0
-            t["network"] += t2 - t1
-            t["stats"] += t3 - t2
-            t["stitching"] += t4 - t3
-            rec.n_patches += b * C
-            bar.update(b * C)
-    t0 = time.perf_counter()
-    wmax = float(weight.max()) if weight.numel() else 0.0
-    floor = COVERAGE_FLOOR * wmax
-    covered = weight > floor if wmax > 0 else torch.zeros_like(weight, dtype=torch.bool)
-    obj = torch.where(covered, canvas / torch.where(covered, weight, torch.ones_like(weight)),
-                      torch.zeros_like(canvas))
-    rec.object = obj.to(torch.complex64).cpu().numpy()
-    rec.coverage = weight.to(torch.float32).cpu().numpy()
-    rec.covered = covered.cpu().numpy()
-    _sync(device)
-    t["stitching"] += time.perf_counter() - t0
-    rec.data_intensity_scale = math.sqrt(energy / max(energy_n, 1)) / (N / 2)
-    rec.stats = accumulator.summary()
-    rec.canvas_stats = _canvas_stats(rec.object, rec.covered)
-    t["reconstruct_total"] = time.perf_counter() - t_start
-    rec.timings = t
-    if guard:
-        _guard(rec, rec.stats, collapse_floor, allow_degenerate, f"over all {rec.stats['n_patches']} patches",
-               on_warning, model_intensity_scale)
-        rec.amplitude_flat = amplitude_flat_note(rec.stats, collapse_floor)
-        if rec.amplitude_flat and on_warning is not None:
-            on_warning(rec.amplitude_flat)
-    return rec
+    return rec, groups, top_left
 
 
-class _PatternReader:
-    """The patterns of each batch's group members, read through the data layer.
+class _Canvas:
+    """The full-field stitch: float64 accumulators of ``sum w*patch`` and ``sum w`` over the
+    canvas, each batch stitched into the bounding box of its patches."""
 
-    Group members are neighbours in the scan, hence close in file order: a batch reads the
-    one contiguous slice ``dataset.diffraction[lo:hi]`` covering them when it is compact (at
-    most SPAN_FACTOR times the number of distinct patterns, or SPAN_MIN rows) — a slice of a
-    chunked HDF5 file reads ~5x faster than an index list — else just the distinct indices.
-    Consecutive batches' slices overlap (the scan's neighbouring rows), so the rows still held
-    from the previous slice are reused and only the new ones are read: a scan in file order
-    is read about once. A lazy file is validated block by block as it is read."""
+    def __init__(self, shape, top_left: np.ndarray, window: torch.Tensor, N: int, kernels, device):
+        self.canvas = torch.zeros(shape, dtype=torch.complex128, device=device)
+        self.weight = torch.zeros(shape, dtype=torch.float64, device=device)
+        self.top_left = top_left
+        self.top_left_t = torch.as_tensor(top_left, dtype=torch.float64, device=device)
+        self.window, self.N, self.kernels, self.device = window, N, kernels, device
 
-    def __init__(self, dataset):
-        self.dataset = dataset
-        self.lo = self.hi = 0
-        self.block = None
-        self.rows_read = 0
+    def add(self, patches: torch.Tensor, idx: np.ndarray) -> None:
+        """Stitch the patches of patterns ``idx`` into the bounding box of their patches (the
+        canvas is not touched elsewhere), then add the box into the accumulators. Bilinear
+        fractions are unchanged by the integer shift, so this equals stitching into the whole
+        canvas. The box comes from the host copy of the positions: no device round trip."""
+        top_left = self.top_left_t[torch.as_tensor(idx, device=self.device)]
+        host = self.top_left[idx]
+        H, W = self.canvas.shape
+        lo = np.floor(host.min(axis=0))
+        hi = np.floor(host.max(axis=0))
+        r0, c0 = max(int(lo[0]), 0), max(int(lo[1]), 0)
+        r1, c1 = min(int(hi[0]) + self.N + 1, H), min(int(hi[1]) + self.N + 1, W)
+        if r1 <= r0 or c1 <= c0:
+            return
+        shift = torch.tensor([r0, c0], dtype=top_left.dtype, device=top_left.device)
+        part, wpart = self.kernels.stitch_patches(patches, top_left - shift, (r1 - r0, c1 - c0), self.window)
+        self.canvas[r0:r1, c0:c1] += part
+        self.weight[r0:r1, c0:c1] += wpart
 
-    def _read(self, lo: int, hi: int) -> np.ndarray:
-        self.rows_read += hi - lo
-        return np.asarray(self.dataset.diffraction[lo:hi], dtype=np.float32)
-
-    def _rows(self, lo: int, hi: int) -> np.ndarray:
-        if self.block is not None and lo < self.hi and hi > self.lo:   # overlaps the last slice
-            parts = []
-            if lo < self.lo:
-                parts.append(self._read(lo, self.lo))
-            parts.append(self.block[max(lo, self.lo) - self.lo:min(hi, self.hi) - self.lo])
-            if hi > self.hi:
-                parts.append(self._read(self.hi, hi))
-            block = np.concatenate(parts) if len(parts) > 1 else parts[0]
-        else:
-            block = self._read(lo, hi)
-        self.lo, self.hi, self.block = lo, hi, block
-        return block
-
-    def __call__(self, idx: np.ndarray) -> np.ndarray:
-        uniq = np.unique(idx)
-        cover = covering_slice(uniq)
-        if cover is not None:
-            return self._rows(*cover)[idx - cover[0]]
-        self.rows_read += len(uniq)
-        return np.asarray(self.dataset.diffraction[uniq], dtype=np.float32)[np.searchsorted(uniq, idx)]
-
-
-def _stitch_batch(kernels, patches: torch.Tensor, top_left: torch.Tensor, top_left_host: np.ndarray,
-                  win: torch.Tensor, canvas: torch.Tensor, weight: torch.Tensor, N: int) -> None:
-    """Stitch one batch into the bounding box of its patches (the canvas is not touched
-    elsewhere), then add the box into the float64 accumulators. Bilinear fractions are
-    unchanged by the integer shift, so this equals stitching into the whole canvas. The box
-    comes from the host copy of the positions (``top_left_host``): no device round trip."""
-    H, W = canvas.shape
-    lo = np.floor(top_left_host.min(axis=0))
-    hi = np.floor(top_left_host.max(axis=0))
-    r0, c0 = max(int(lo[0]), 0), max(int(lo[1]), 0)
-    r1, c1 = min(int(hi[0]) + N + 1, H), min(int(hi[1]) + N + 1, W)
-    if r1 <= r0 or c1 <= c0:
-        return
-    shift = torch.tensor([r0, c0], dtype=top_left.dtype, device=top_left.device)
-    part, wpart = kernels.stitch_patches(patches, top_left - shift, (r1 - r0, c1 - c0), win)
-    canvas[r0:r1, c0:c1] += part
-    weight[r0:r1, c0:c1] += wpart
+    def finish(self, rec: Reconstruction) -> None:
+        """object = sum w*patch / sum w where covered (sum w > COVERAGE_FLOOR * max), else 0."""
+        canvas, weight = self.canvas, self.weight
+        wmax = float(weight.max()) if weight.numel() else 0.0
+        floor = rec.coverage_floor * wmax
+        covered = weight > floor if wmax > 0 else torch.zeros_like(weight, dtype=torch.bool)
+        obj = torch.where(covered, canvas / torch.where(covered, weight, torch.ones_like(weight)),
+                          torch.zeros_like(canvas))
+        rec.object = obj.to(torch.complex64).cpu().numpy()
+        rec.coverage = weight.to(torch.float32).cpu().numpy()
+        rec.covered = covered.cpu().numpy()
 
 
-def _guard(rec: Reconstruction, summary: dict, floor: float, allow: bool, when: str, on_warning,
-           model_scale: float | None = None) -> None:
-    reason = collapse_reason(summary, floor)
-    if reason is None:
-        return
-    scale = rec.data_intensity_scale
-    message = f"the predicted patches are degenerate {when}: {reason}"
-    if allow:
-        rec.degenerate = message
-        if on_warning is not None:
-            on_warning(message + " (--allow-degenerate: writing the result anyway)")
-        return
-    hint = ("Likely causes: the model does not fit this data (trained on another kind of sample, "
-            "probe or detector), or a scale mismatch between the data and the model's training data")
-    if scale is not None and model_scale:
-        hint += f" (this data's intensity scale is {scale:.4g}, the model's {model_scale:.4g})"
-    raise CollapseError(f"{message}. {hint}. Inspect them with --debug-dump DIR2, or pass "
-                        "--allow-degenerate to write the result anyway", partial=rec)
+class _Monitor:
+    """What the loop records about its inputs and the network's patches: the data's
+    intensity, the streaming patch statistics (guard and summary), the per-batch log of the
+    first ``stats_limit`` batches and the first patches (debug dump)."""
+
+    def __init__(self, rec: Reconstruction, kernels, stats_limit: int):
+        self.rec, self.kernels, self.stats_limit = rec, kernels, stats_limit
+        self.accumulator = StatsAccumulator()
+        self.energy, self.energy_n = 0.0, 0
+
+    def add_patterns(self, X: torch.Tensor) -> None:
+        self.energy += float(X.double().square().sum())
+        self.energy_n += X.shape[0] * X.shape[1]
+
+    def intensity_scale(self) -> float:
+        """sqrt(mean_p sum X_p^2) / (N/2) of the patterns read so far."""
+        return math.sqrt(self.energy / max(self.energy_n, 1)) / (self.rec.N / 2)
+
+    def add_patches(self, raw: torch.Tensor, k: int) -> None:
+        rec = self.rec
+        stats = batch_stats(raw, phase=k < max(PHASE_STATS_BATCHES, self.stats_limit), ops=self.kernels)
+        self.accumulator.add(stats)
+        if k < self.stats_limit:
+            rec.batch_records.append(batch_record(stats, k))
+        if rec.first_patches is None or len(rec.first_patches) < DEBUG_PATCHES:
+            more = raw[:DEBUG_PATCHES].detach().to(torch.complex64).cpu().numpy()
+            rec.first_patches = more if rec.first_patches is None else np.concatenate(
+                [rec.first_patches, more])[:DEBUG_PATCHES]
+
+    def finish(self, rec: Reconstruction) -> None:
+        rec.data_intensity_scale = self.intensity_scale()
+        rec.stats = self.accumulator.summary()
+        rec.canvas_stats = canvas_stats(rec.object, rec.covered)
 
 
-def _patch_stats_doc(stats: dict) -> dict:
-    """The patch statistics as written to summary.json / stats.json: ``var_zero_mean`` at the
-    top is that of the amplitude (= ``ops.var_zero_mean(patches)``)."""
-    if not stats:
-        return {}
-    return {"of": "the network's predicted patches (before object_big)",
-            "var_zero_mean": stats["amplitude"]["var_zero_mean"],
-            "var_zero_mean_view": "amplitude",
-            "definition": "var_zero_mean = mean over patches of each patch's population variance "
-                          "(ddof 0); std = population std over every pixel of every patch",
-            **stats}
+@dataclass
+class _Guard:
+    """The checks of a reconstruction: the data's intensity scale against the model's (a
+    warning), and the collapse guard after the first batch and at the end (``enabled``)."""
+    floor: float
+    allow: bool
+    enabled: bool
+    model_scale: float | None
+    on_warning: Callable[[str], None] | None
 
+    def first_batch(self, rec: Reconstruction, monitor: _Monitor) -> None:
+        rec.first_batch_stats = monitor.accumulator.summary()
+        rec.data_intensity_scale = monitor.intensity_scale()
+        if self.model_scale and self.on_warning is not None:
+            ratio = rec.data_intensity_scale / self.model_scale
+            if not 1 / SCALE_WARN_FACTOR <= ratio <= SCALE_WARN_FACTOR:
+                self.on_warning(f"this data's intensity scale ({rec.data_intensity_scale:.4g}, from "
+                                f"the first batch) differs from the model's ({self.model_scale:.4g}) "
+                                f"by a factor {ratio:.3g}: the dose differs from the training data's")
+        if self.enabled:
+            self.check(rec, rec.first_batch_stats, "after the first batch")
 
-def _canvas_stats(obj: np.ndarray, covered: np.ndarray) -> dict:
-    n = int(covered.sum())
-    out: dict[str, Any] = {"covered_pixels": n, "covered_fraction": n / max(covered.size, 1)}
-    if n == 0:
-        return out
-    amp = np.abs(obj[covered]).astype(np.float64)
-    phase = np.angle(obj[covered]).astype(np.float64)
-    for name, v in (("amplitude", amp), ("phase", phase)):
-        out[name] = {"mean": float(v.mean()), "std": float(v.std(ddof=STATS_DDOF)),
-                     "min": float(v.min()), "max": float(v.max())}
-    out["ddof"] = STATS_DDOF
-    out["of"] = "covered canvas pixels"
-    return out
+    def end(self, rec: Reconstruction) -> None:
+        if not self.enabled:
+            return
+        self.check(rec, rec.stats, f"over all {rec.stats['n_patches']} patches")
+        rec.amplitude_flat = amplitude_flat_note(rec.stats, self.floor)
+        if rec.amplitude_flat and self.on_warning is not None:
+            self.on_warning(rec.amplitude_flat)
 
-
-# ----------------------------------------------------------------------------- writing
-def _object_arrays(rec: Reconstruction) -> result_files.ObjectArrays:
-    return result_files.ObjectArrays(rec.object, rec.coverage, rec.covered, rec.positions, rec.frame.origin,
-                                     rec.coverage_floor)
-
-
-# ----------------------------------------------------------------------------- debug dump
-def write_debug_dump(directory, rec: Reconstruction) -> list[str]:
-    """stats.json, offsets.json, canvas.json and patch-grid PNGs of the first predicted
-    patches into ``directory`` (created if missing; each file written atomically)."""
-    directory = Path(directory)
-    directory.mkdir(exist_ok=True)
-    written = []
-
-    def put_json(name, obj):
-        with atomic_output(directory / name) as tmp:
-            tmp.write_text(json.dumps(jsonable(obj), indent=2, allow_nan=True) + "\n")
-        written.append(name)
-
-    put_json(result_files.DEBUG_STATS_JSON, {
-        "patch_stats": _patch_stats_doc(rec.stats),
-        "first_batch": _patch_stats_doc(rec.first_batch_stats),
-        "canvas": rec.canvas_stats,
-        "ddof": STATS_DDOF,
-        "data_intensity_scale": rec.data_intensity_scale,
-        "degenerate": rec.degenerate,
-    })
-    H, W = rec.frame.shape
-    centre = np.array([H / 2.0, W / 2.0])
-    offsets = rec.positions - centre                        # (P, 2) dy, dx
-    group_off = rec.group_offsets.reshape(-1, 2) if rec.group_offsets is not None else np.zeros((0, 2))
-
-    def describe(arr):
-        if len(arr) == 0:
-            return {}
-        return {name: {"mean": float(arr[:, i].mean()), "std": float(arr[:, i].std()),
-                       "min": float(arr[:, i].min()), "max": float(arr[:, i].max())}
-                for i, name in enumerate(("dy", "dx"))}
-    put_json("offsets.json", {
-        "definition": "dy, dx = probe centre - canvas centre (H/2, W/2), canvas pixels (rows, cols)",
-        "count": int(len(offsets)), "first": offsets[:DEBUG_PATCHES].tolist(), **describe(offsets),
-        "std_ddof": 0,
-        "group_offsets": {"definition": "dy, dx = member position - group centroid (object_big)",
-                          "count": int(len(group_off)), "first": group_off[:DEBUG_PATCHES].tolist(),
-                          **describe(group_off),
-                          "max_abs": float(np.abs(group_off).max()) if len(group_off) else 0.0},
-    })
-    put_json("canvas.json", {
-        "patch_size": rec.N, "canvas_size": [H, W], "origin": rec.frame.origin.tolist(),
-        "frame": rec.frame.source, "n_patterns": rec.n_patterns, "n_groups": rec.n_groups,
-        "gridsize": rec.gridsize, "n_patches": rec.n_patches,
-        "max_abs_dy": float(np.abs(offsets[:, 0]).max()) if len(offsets) else 0.0,
-        "max_abs_dx": float(np.abs(offsets[:, 1]).max()) if len(offsets) else 0.0,
-        "covered_fraction": rec.canvas_stats.get("covered_fraction"),
-        "window": rec.window, "coverage_floor": rec.coverage_floor,
-    })
-    if rec.first_patches is not None and len(rec.first_patches):
-        patches = rec.first_patches
-        C = rec.gridsize ** 2
-        names = [f"group {k // C}, member {k % C}" if C > 1 else f"pattern {k}" for k in range(len(patches))]
-        for view, values, cmap, label in (("amplitude", np.abs(patches), "gray", "amplitude"),
-                                          ("phase", np.angle(patches), "viridis", "phase (rad)")):
-            for per_patch, suffix in ((False, "raw"), (True, "normalised")):
-                name = f"patches_{view}_{suffix}.png"
-                png = figures.patch_grid_png(values.astype(np.float64),
-                                      f"first {len(patches)} predicted patches: {view}, "
-                                      + ("per-patch normalised" if per_patch else "raw (one scale)"),
-                                      per_patch, cmap, label, names)
-                with atomic_output(directory / name) as tmp:
-                    tmp.write_bytes(png)
-                written.append(name)
-    return written
+    def check(self, rec: Reconstruction, summary: dict, when: str) -> None:
+        reason = collapse_reason(summary, self.floor)
+        if reason is None:
+            return
+        scale = rec.data_intensity_scale
+        message = f"the predicted patches are degenerate {when}: {reason}"
+        if self.allow:
+            rec.degenerate = message
+            if self.on_warning is not None:
+                self.on_warning(message + " (--allow-degenerate: writing the result anyway)")
+            return
+        hint = ("Likely causes: the model does not fit this data (trained on another kind of sample, "
+                "probe or detector), or a scale mismatch between the data and the model's training data")
+        if scale is not None and self.model_scale:
+            hint += f" (this data's intensity scale is {scale:.4g}, the model's {self.model_scale:.4g})"
+        raise CollapseError(f"{message}. {hint}. Inspect them with --debug-dump DIR2, or pass "
+                            "--allow-degenerate to write the result anyway", partial=rec)
 
 
 # ----------------------------------------------------------------------------- the command
@@ -559,7 +470,6 @@ def run_infer(config: InferConfig, predictor=None) -> InferResult:
     """The ``infer`` command: load, reconstruct, write (module doc). Raises UserError for bad
     input, CollapseError when the guard trips. ``predictor`` replaces the bundle's network
     (tests)."""
-    from .data import load_dataset
     t_start = time.perf_counter()
     config = dataclasses.replace(config, formats=result_files.parse_formats(config.formats))
     _validate(config)
@@ -571,73 +481,23 @@ def run_infer(config: InferConfig, predictor=None) -> InferResult:
     is_sample = config.model is None
     model_path, data_path = sample_paths() if is_sample else (Path(config.model), Path(config.data))
     device = resolve_device(config.device)
-
     t0 = time.perf_counter()
     bundle = load_bundle(model_path, device=device)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", DataWarning)
-        dataset = load_dataset(data_path, lazy=True)
-    for w in caught:
-        if issubclass(w.category, DataWarning):
-            warn(str(w.message))
-        else:
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    dataset = load_dataset_reporting(data_path, warn, lazy=True)
     load_time = time.perf_counter() - t0
     with dataset:
-        if dataset.N != bundle.N:
-            raise UserError(f"--data {data_path}: patterns are {dataset.N} x {dataset.N} but the model "
-                            f"(--model {bundle.path}) was trained on N = {bundle.N}; use a model "
-                            "trained on data of this size")
-        pixel_size = dataset.metadata.pixel_size_m
-        if "ptychodus" in config.formats and not pixel_size:
-            raise UserError(f"--format ptychodus: {data_path} does not record the object pixel size "
-                            "(metadata 'pixel_size_m'), which a ptychodus product needs to express "
-                            "positions in metres")
-        probe = np.asarray(dataset.probe)
-        metadata = dataset.metadata
-
+        _check_data(config, dataset, bundle, data_path)
+        source = Source(bundle, data_path, is_sample, np.asarray(dataset.probe), dataset.metadata, load_time)
         if predictor is None:
             predictor = BundlePredictor(bundle, config.ops)
         try:
             rec = _reconstruct_guarded(dataset, predictor, bundle, config, device, warn)
         except CollapseError as exc:
             if exc.partial is not None:
-                _collapse_outputs(config, exc.partial, say)
+                write_collapse_outputs(config, exc.partial)
             raise
-
-    # ---------------------------------------------------------------- outputs
     out = Path(config.out)
-    t_write = time.perf_counter()
-    dataset_name = "ptycho_fast sample" if is_sample else Path(data_path).name
-    model_name = "sample model" if is_sample else _model_name(bundle.path)
-    with OutputSet(out) as outputs:
-        arrays = _object_arrays(rec)
-        with outputs.file(OBJECT_NPZ) as tmp:
-            result_files.write_object_npz(tmp, arrays)
-        attrs = {"model": str(bundle.path), "data": str(data_path),
-                 "intensity_scale": bundle.intensity_scale, "probe_gain": bundle.probe_gain,
-                 "window": config.window, "ops": config.ops, "canvas_frame": rec.frame.source}
-        if "h5" in config.formats:
-            with outputs.file(OBJECT_H5) as tmp:
-                result_files.write_object_h5(tmp, arrays, attrs)
-        if "ptychodus" in config.formats:
-            from .data import write_ptychodus_product
-            with outputs.file(PTYCHODUS_PRODUCT) as tmp:
-                # the product replaces its target atomically itself: give it the temp name
-                write_ptychodus_product(tmp, rec.positions, probe, rec.object, pixel_size, metadata,
-                                        name=f"ptycho_fast infer: {dataset_name}",
-                                        comments=f"model {bundle.path}; data {data_path}")
-        result_files.write_object_images(outputs, arrays, f"{dataset_name} — {{what}}\nmodel: {model_name}",
-                                         pixel_size)
-        if config.log_patch_stats:
-            outputs.write_json(PATCH_STATS_JSON, {"ddof": STATS_DDOF, "batches": rec.batch_records})
-        write_seconds = time.perf_counter() - t_write
-        summary = _summary(config, rec, bundle, model_path, data_path, is_sample, load_time,
-                           write_seconds, time.perf_counter() - t_start,
-                           list(outputs.pending) + [SUMMARY_JSON])
-        outputs.write_json(SUMMARY_JSON, summary)
-    files = outputs.committed
-
+    files, summary = write_outputs(out, config, rec, source, t_start)
     if config.debug_dump is not None:
         write_debug_dump(config.debug_dump, rec)
     total = time.perf_counter() - t_start
@@ -647,17 +507,28 @@ def run_infer(config: InferConfig, predictor=None) -> InferResult:
             f"{out / PHASE_PNG}")
     refined = None
     if config.refine:
-        refined = _refine_network_image(config, rec, data_path, device, dataset_name)
+        refined = _refine_network_image(config, rec, data_path, device, source.dataset_name)
         s = refined.state
         line += (f"\nrefined it for {s.epoch} epochs ({s.elapsed:.1f} s, final loss {s.history[-1]['loss']:.4g} "
                  f"per pixel): {out / REFINED_DIR / AMPLITUDE_PNG}, {out / REFINED_DIR / PHASE_PNG}")
     return InferResult(reconstruction=rec, out=out, files=files, summary=summary, line=line, refined=refined)
 
 
+def _check_data(config: InferConfig, dataset, bundle, data_path: Path) -> None:
+    """The data must fit the model (N) and the formats asked for (a pixel size for ptychodus)."""
+    if dataset.N != bundle.N:
+        raise UserError(f"--data {data_path}: patterns are {dataset.N} x {dataset.N} but the model "
+                        f"(--model {bundle.path}) was trained on N = {bundle.N}; use a model "
+                        "trained on data of this size")
+    if "ptychodus" in config.formats and not dataset.metadata.pixel_size_m:
+        raise UserError(f"--format ptychodus: {data_path} does not record the object pixel size "
+                        "(metadata 'pixel_size_m'), which a ptychodus product needs to express "
+                        "positions in metres")
+
+
 def _refine_network_image(config: InferConfig, rec: Reconstruction, data_path, device, dataset_name: str):
     """``--refine K``: K epochs of the refine engine (its default recipe) from the network's
     image, in the same canvas; written to DIR/refined/ (the same files as ``refine``)."""
-    from .data import load_dataset
     from .refine import Refiner, RefineOptions
     from .refine_output import write_refinement
     with load_dataset(data_path, lazy=True) as dataset:
@@ -678,13 +549,6 @@ def _refine_network_image(config: InferConfig, rec: Reconstruction, data_path, d
     return refiner
 
 
-def _model_name(path: Path | None) -> str:
-    if path is None:
-        return "?"
-    path = Path(path)
-    return f"{path.parent.name}/{path.name}" if path.name == "model" else path.name
-
-
 def _reconstruct_guarded(dataset, predictor, bundle, config: InferConfig, device, warn) -> Reconstruction:
     return reconstruct(dataset, predictor, N=bundle.N, gridsize=bundle.gridsize,
                        batch_size=config.batch_size, window=config.window, ops=config.ops,
@@ -693,59 +557,6 @@ def _reconstruct_guarded(dataset, predictor, bundle, config: InferConfig, device
                        allow_degenerate=config.allow_degenerate,
                        stats_limit=config.patch_stats_limit if config.log_patch_stats else 0,
                        model_intensity_scale=bundle.intensity_scale, on_warning=warn)
-
-
-def _collapse_outputs(config: InferConfig, rec: Reconstruction, say) -> None:
-    """On collapse: the debug dump (if asked) and the per-batch log (with --log-patch-stats)."""
-    if config.debug_dump is not None:
-        with contextlib.suppress(OSError):
-            write_debug_dump(config.debug_dump, rec)
-    if config.log_patch_stats:
-        out = Path(config.out)
-        with contextlib.suppress(OSError):
-            out.mkdir(exist_ok=True)
-            with atomic_output(out / PATCH_STATS_JSON) as tmp:
-                tmp.write_text(json.dumps(jsonable({"ddof": STATS_DDOF, "batches": rec.batch_records,
-                                                     "collapsed": True}), indent=2) + "\n")
-
-
-def _summary(config, rec: Reconstruction, bundle, model_path, data_path, is_sample, load_time,
-             write_time, total, files) -> dict:
-    t = rec.timings
-    io_time = load_time + t["read"] + write_time
-    n = rec.n_patterns
-    return {
-        "format": SUMMARY_FORMAT, "format_version": result_files.FORMAT_VERSION,
-        "model": str(bundle.path), "data": str(data_path), "sample": is_sample,
-        "intensity_scale": bundle.intensity_scale, "probe_gain": bundle.probe_gain,
-        "scalars_from": "the model bundle (bundle.json); never recomputed from this data",
-        "data_intensity_scale": rec.data_intensity_scale,
-        "n_patterns": n, "n_groups": rec.n_groups, "gridsize": rec.gridsize, "n_patches": rec.n_patches,
-        "N": rec.N,
-        "canvas": {"shape": list(rec.frame.shape), "origin": rec.frame.origin.tolist(),
-                   "frame": rec.frame.source, "coverage_floor": rec.coverage_floor,
-                   "coverage_floor_is": "relative to the largest accumulated weight",
-                   **rec.canvas_stats},
-        "window": config.window, "ops": rec.ops, "device": str(bundle.device),
-        "batch_size_groups": rec.batch_size, "grouping_seed": rec.seed,
-        "object_big": bool(bundle.object_big and bundle.C > 1),
-        "timings_s": {"network": t["network"], "stitching": t["stitching"], "io": io_time,
-                      "io_detail": {"load": load_time, "read": t["read"], "write": write_time},
-                      "patch_stats": t["stats"], "total": total},
-        "patterns_per_s": n / total if total > 0 else None,
-        "patterns_per_s_by_stage": {k: (n / v if v > 0 else None) for k, v in
-                                    (("network", t["network"]), ("stitching", t["stitching"]),
-                                     ("io", io_time))},
-        "patch_stats": _patch_stats_doc(rec.stats),
-        "collapse_guard": {"floor": config.collapse_floor, "checked": ["first batch", "end"],
-                           "statistic": "complex_var_zero_mean = var_zero_mean(real) + var_zero_mean(imag)",
-                           "result": "ok" if rec.degenerate is None else rec.degenerate,
-                           "allow_degenerate": config.allow_degenerate,
-                           "amplitude_flat": rec.amplitude_flat},
-        "files": files,
-        "versions": versions(),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
 
 
 # ----------------------------------------------------------------------------- CLI

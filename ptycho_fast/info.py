@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from . import result_files
+from .data import file_kind
 from .data.dataset import DataError, UserError
 
 __all__ = ["describe", "describe_dataset", "describe_bundle", "describe_reconstruction",
@@ -332,7 +333,7 @@ def describe(path) -> dict:
     except DataError as exc:
         # Not a dataset: an NPZ may still be a reconstruction or a plain set of arrays.
         try:
-            kind = result_files.file_kind(path)
+            kind = file_kind(path)
         except UserError:
             raise exc from None
         if kind != "npz":

@@ -9,12 +9,10 @@ import argparse
 import math
 import sys
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import guard, result_files
-from .data.dataset import DataWarning
 from .files import UserError
 from .progress import Progress
 from .refine import LOSSES, SUBPIXEL_MODELS, Refiner, RefineOptions, load_init_object
@@ -89,16 +87,8 @@ def run_refine(config: RefineConfig) -> RefineResult:
 
 
 def _load(config: RefineConfig, warn):
-    from .data import load_dataset
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", DataWarning)
-        dataset = load_dataset(config.data, lazy=True)
-    for w in caught:
-        if issubclass(w.category, DataWarning):
-            warn(str(w.message))
-        else:
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    return dataset
+    from .data import load_dataset_reporting
+    return load_dataset_reporting(config.data, warn, lazy=True)
 
 
 def _run(config: RefineConfig, dist: Dist, device) -> RefineResult:

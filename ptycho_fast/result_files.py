@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from . import figures
+from .data import file_kind
 from .files import OutputSet, UserError, read_json_object
 
 __all__ = [
@@ -39,7 +40,7 @@ __all__ = [
     "write_object_h5", "write_object_images", "FORMATS", "DEFAULT_FORMATS", "parse_formats",
     "DEBUG_STATS_JSON", "StoredReconstruction", "PatchStatistics", "OutputDirectory",
     "read_reconstruction", "read_output_directory", "read_patch_statistics", "is_reconstruction_dir",
-    "file_kind", "open_npz", "npz_array", "as_complex_object", "STAT_NAMES",
+    "open_npz", "npz_array", "as_complex_object", "STAT_NAMES",
 ]
 
 OBJECT_NPZ = "object.npz"
@@ -127,8 +128,6 @@ def parse_formats(values) -> tuple[str, ...]:
 
 
 # ----------------------------------------------------------------------------- readers
-_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
-_NPY_MAGIC = b"\x93NUMPY"
 #: the patch statistics shown next to var_zero_mean
 STAT_NAMES = ("mean", "std", "min", "max")
 
@@ -154,18 +153,6 @@ class StoredReconstruction:
 def is_reconstruction_dir(path) -> bool:
     """Whether ``path`` is a directory holding a reconstruction (its ``object.npz``)."""
     return (Path(path) / OBJECT_NPZ).is_file()
-
-
-def file_kind(path: Path) -> str | None:
-    """'npy', 'npz' or None (anything else), from the first bytes of ``path``."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(8)
-    except OSError as exc:
-        raise UserError(f"{path}: cannot be read ({exc.strerror or exc})") from None
-    if head.startswith(_NPY_MAGIC):
-        return "npy"
-    return "npz" if head[:4] in _ZIP_MAGIC else None
 
 
 def open_npz(path: Path, what: str):

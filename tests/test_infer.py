@@ -13,7 +13,7 @@ import torch
 from ptycho_fast import coords, infer, reference, simulate
 from ptycho_fast.bundle import BundlePredictor, load_bundle
 from ptycho_fast.data import PtychoDataset, load_dataset, write_h5
-from ptycho_fast.data.hdf5 import LazyDiffraction
+from ptycho_fast.data.hdf5 import COVER_FACTOR, COVER_MIN, LazyDiffraction
 from ptycho_fast.object_big import make_window
 
 N = 32
@@ -200,7 +200,7 @@ def test_hdf5_is_streamed_in_batches_not_loaded_whole(tmp_path, monkeypatch):
     with load_dataset(tmp_path / "d.h5", lazy=True) as lazy:
         assert lazy.is_lazy
         rec = infer.reconstruct(lazy, predictor, gridsize=2, batch_size=12)
-    bound = max(infer.SPAN_FACTOR * 12 * 4, infer.SPAN_MIN)
+    bound = max(COVER_FACTOR * 12 * 4, COVER_MIN)
     assert len(reads) >= len(positions) // 48 and max(reads) <= bound < len(positions)
     assert sum(reads) < 2 * len(positions)          # each pattern read ~once, not once per group
     in_memory = infer.reconstruct(ds, predictor, gridsize=2, batch_size=12)

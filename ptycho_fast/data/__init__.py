@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import h5py
@@ -21,16 +22,18 @@ from .dataset import (DataError, DataWarning, Metadata, PtychoDataset, UserError
 from .grouping import Groups, group_positions
 from .hdf5 import H5DatasetWriter, LazyDiffraction, is_our_h5, read_h5, write_h5
 from .npz import read_npz, write_npz
+from .pattern_reader import PatternReader
 from .ptychodus import (PRODUCT_FILE, is_ptychodus_diffraction, is_ptychodus_product,
                         ptychodus_only_fields, read_ptychodus, write_ptychodus, write_ptychodus_pair,
                         write_ptychodus_product)
 
 __all__ = [
     "DataError", "DataWarning", "UserError", "Metadata", "PtychoDataset", "atomic_output",
-    "Groups", "group_positions", "LazyDiffraction", "H5DatasetWriter",
+    "Groups", "group_positions", "LazyDiffraction", "H5DatasetWriter", "PatternReader",
     "read_npz", "write_npz", "read_h5", "write_h5", "read_ptychodus", "write_ptychodus",
     "write_ptychodus_product", "write_ptychodus_pair", "ptychodus_only_fields",
-    "load_dataset", "save_dataset", "detect_format", "format_from_suffix", "FORMATS",
+    "load_dataset", "save_dataset", "detect_format", "format_from_suffix", "FORMATS", "PatternReader",
+    "file_head", "file_kind", "load_dataset_reporting",
 ]
 
 FORMATS = ("npz", "h5", "ptychodus")
@@ -51,6 +54,23 @@ def _is_hdf5(path: Path) -> bool:
         return False
 
 
+def file_head(path: str | os.PathLike, size: int = 8) -> bytes:
+    """The first ``size`` bytes of ``path``; DataError (a UserError) when it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(size)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+
+
+def file_kind(path: str | os.PathLike) -> str | None:
+    """'npz' (a ZIP archive), 'npy' (one NumPy array) or None, from the first bytes of ``path``."""
+    head = file_head(path)
+    if head.startswith(_NPY_MAGIC):
+        return "npy"
+    return "npz" if head[:4] in _ZIP_MAGIC else None
+
+
 def detect_format(path: str | os.PathLike) -> str:
     """'npz', 'h5' (ours) or 'ptychodus', from the file's content (a directory holding
     ptychodus' ``product.h5`` is 'ptychodus'); DataError otherwise."""
@@ -62,11 +82,7 @@ def detect_format(path: str | os.PathLike) -> str:
             return "ptychodus"
         raise DataError(f"{path}: is a directory, expected a data file (NPZ or HDF5) or a "
                         f"directory holding a ptychodus {PRODUCT_FILE}")
-    try:
-        with open(path, "rb") as f:
-            head = f.read(8)
-    except OSError as exc:
-        raise DataError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    head = file_head(path)
     if not head:
         raise DataError(f"{path}: is empty")
     if head[:4] in _ZIP_MAGIC:
@@ -108,6 +124,21 @@ def load_dataset(path: str | os.PathLike, lazy: bool = False, diffraction_path=N
     if fmt == "h5":
         return read_h5(path, lazy=lazy, edge_policy=edge_policy)
     return read_ptychodus(path, diffraction_path=diffraction_path, edge_policy=edge_policy)
+
+
+def load_dataset_reporting(path: str | os.PathLike, report, **kwargs) -> PtychoDataset:
+    """:func:`load_dataset` (same keyword arguments) with its :class:`DataWarning` messages
+    handed to ``report(message)`` (a command's warning line) instead of ``warnings``; other
+    warnings are re-issued as they were."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DataWarning)
+        dataset = load_dataset(path, **kwargs)
+    for w in caught:
+        if issubclass(w.category, DataWarning):
+            report(str(w.message))
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return dataset
 
 
 def format_from_suffix(path: str | os.PathLike) -> str | None:
