@@ -50,15 +50,27 @@ _REQUIRED = {
 }
 
 
-def _open_h5(path: Path) -> h5py.File:
-    if not path.exists():
+def open_h5(path: Path) -> h5py.File:
+    """``path`` opened read-only, or one DataError naming what is wrong with it (the one
+    open of every HDF5 reader: our datasets and ptychodus files)."""
+    try:
+        exists, is_dir = path.exists(), path.is_dir()
+    except (OSError, ValueError) as exc:  # a name too long, or holding a NUL byte
+        raise DataError(f"{path}: cannot be read ({short_text(exc)})") from None
+    if not exists:
         raise DataError(f"{path}: no such file")
-    if path.is_dir():
+    if is_dir:
         raise DataError(f"{path}: is a directory, expected an HDF5 file")
     try:
         return h5py.File(path, "r")
     except _H5_ERRORS as exc:
-        raise DataError(f"{path}: not a readable HDF5 file (truncated or corrupt: {exc})") from None
+        raise DataError(f"{path}: not a readable HDF5 file (truncated or corrupt: {short_text(exc)})") from None
+
+
+def short_text(text: object, limit: int = 200) -> str:
+    """``text`` on one line, at most ``limit`` characters (for a message)."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 #: what h5py raises on a damaged file (RuntimeError: a corrupt link table or heap; KeyError: an
@@ -489,7 +501,7 @@ def read_h5(path: str | os.PathLike, lazy: bool = False, edge_policy: str = "war
     """Read our HDF5 layout. ``lazy=True`` keeps the diffraction on disk (close the dataset,
     or use it as a context manager, when done)."""
     path = Path(path)
-    f = _open_h5(path)
+    f = open_h5(path)
     keep_open = False
     try:
         with damaged_file_errors(path, "not a readable HDF5 file"):  # link tables, attributes, types

@@ -57,7 +57,7 @@ import numpy as np
 from .. import coords
 from .dataset import (DataError, DataWarning, Metadata, PtychoDataset, atomic_output, check_amplitudes,
                       list_names)
-from .hdf5 import _H5_ERRORS, check_storage, damaged_file_errors
+from .hdf5 import _H5_ERRORS, check_storage, damaged_file_errors, open_h5, short_text
 
 __all__ = ["write_ptychodus", "write_ptychodus_pair", "write_ptychodus_product", "read_ptychodus",
            "default_diffraction_path", "find_diffraction_path", "resolve_product_path",
@@ -125,15 +125,9 @@ def find_diffraction_path(product_path: str | os.PathLike, named=None) -> Path:
                 return candidate
         except (OSError, ValueError):  # a name too long, or holding a NUL byte (a corrupt attribute)
             continue
-    names = ", ".join(_short(str(t), 120) for t in dict.fromkeys(tried))
+    names = ", ".join(short_text(str(t), 120) for t in dict.fromkeys(tried))
     raise DataError(f"{product_path}: a ptychodus product holds no diffraction patterns and no "
                     f"diffraction file was found (tried {names}); pass the diffraction file explicitly")
-
-
-def _short(text: str, limit: int = 200) -> str:
-    """``text`` on one line, at most ``limit`` characters (for a message)."""
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 
@@ -144,7 +138,7 @@ def _has(f, key: str) -> bool:
         return key in f
     except _H5_ERRORS as exc:
         raise DataError(f"{f.filename}: not a readable HDF5 file (its links cannot be read: "
-                        f"{_short(exc)})") from None
+                        f"{short_text(exc)})") from None
 
 
 def _keys(f) -> str:
@@ -152,7 +146,7 @@ def _keys(f) -> str:
     try:
         return list_names(f.keys())
     except _H5_ERRORS as exc:
-        return f"(unreadable: {_short(exc, 100)})"
+        return f"(unreadable: {short_text(exc, 100)})"
 
 
 def is_ptychodus_product(f: h5py.File) -> bool:
@@ -575,14 +569,14 @@ def _open_attr(node, name: str, path: Path):
         aid = node.attrs.get_id(name)
         return aid, aid.get_type(), aid.get_space().get_simple_extent_npoints()
     except _H5_ERRORS as exc:
-        raise DataError(f"{path}: attribute '{name}' cannot be read (corrupt: {_short(exc)})") from None
+        raise DataError(f"{path}: attribute '{name}' cannot be read (corrupt: {short_text(exc)})") from None
 
 
 def _has_attr(node, name: str, path: Path) -> bool:
     try:
         return name in node.attrs
     except _H5_ERRORS as exc:
-        raise DataError(f"{path}: the attributes cannot be read (corrupt: {_short(exc)})") from None
+        raise DataError(f"{path}: the attributes cannot be read (corrupt: {short_text(exc)})") from None
 
 
 def _attr_value(node, name: str, path: Path):
@@ -591,7 +585,7 @@ def _attr_value(node, name: str, path: Path):
     except MemoryError:
         raise DataError(f"{path}: attribute '{name}' is too large to read") from None
     except _H5_ERRORS as exc:
-        raise DataError(f"{path}: attribute '{name}' cannot be read (corrupt: {_short(exc)})") from None
+        raise DataError(f"{path}: attribute '{name}' cannot be read (corrupt: {short_text(exc)})") from None
 
 
 def _number(node, name: str, path: Path, where: str, heaps: set | None = None) -> float:
@@ -605,14 +599,14 @@ def _number(node, name: str, path: Path, where: str, heaps: set | None = None) -
             return float(text)
         except (TypeError, ValueError):
             raise DataError(f"{path}: attribute '{name}' of {where}: expected a number, got "
-                            f"{'text ' + repr(_short(text, 40)) if text is not None else 'text'}") from None
+                            f"{'text ' + repr(short_text(text, 40)) if text is not None else 'text'}") from None
     if cls not in _NUMBER_CLASSES:
         raise DataError(f"{path}: attribute '{name}' of {where}: expected a number, got "
                         f"{_CLASS_NAMES.get(cls, f'HDF5 type class {cls}')} (not read)")
     try:
         dtype = aid.dtype
     except _H5_ERRORS as exc:
-        raise DataError(f"{path}: attribute '{name}' cannot be read (corrupt: {_short(exc)})") from None
+        raise DataError(f"{path}: attribute '{name}' cannot be read (corrupt: {short_text(exc)})") from None
     if dtype.kind not in "biufc":
         raise DataError(f"{path}: attribute '{name}' of {where}: expected a number, got {dtype} (not read)")
     if npoints != 1:
@@ -623,7 +617,7 @@ def _number(node, name: str, path: Path, where: str, heaps: set | None = None) -
         return float(np.asarray(value).reshape(()))
     except (TypeError, ValueError):
         raise DataError(f"{path}: attribute '{name}' of {where}: expected a number, "
-                        f"got {_short(repr(value), 60)}") from None
+                        f"got {short_text(repr(value), 60)}") from None
 
 
 def _attr(node, names: tuple[str, ...], path: Path, where: str, default=None, required=False,
@@ -647,7 +641,7 @@ def _string(node, name: str, path: Path, tid, npoints, heaps: set | None) -> str
         variable = tid.is_variable_str()
         size = tid.get_size()
     except _H5_ERRORS as exc:
-        raise DataError(f"{path}: attribute '{name}' cannot be read (corrupt: {_short(exc)})") from None
+        raise DataError(f"{path}: attribute '{name}' cannot be read (corrupt: {short_text(exc)})") from None
     if not variable:
         if size > _MAX_TEXT:
             raise DataError(f"{path}: attribute '{name}' declares a {size}-byte string (corrupt)")
@@ -708,7 +702,7 @@ def _check_global_heaps(f: h5py.File, path: Path) -> None:
     try:
         _, length = f.id.get_create_plist().get_sizes()
     except _H5_ERRORS as exc:
-        raise DataError(f"{path}: not a readable HDF5 file (corrupt superblock: {_short(exc)})") from None
+        raise DataError(f"{path}: not a readable HDF5 file (corrupt superblock: {short_text(exc)})") from None
     align = lambda n: (n + 7) // 8 * 8  # noqa: E731 - H5HG_ALIGN
     header = align(8 + length)          # H5HG_SIZEOF_HDR: magic, version, reserved, size
     obj_header = align(8 + length)      # H5HG_SIZEOF_OBJHDR: index, refs, reserved, size
@@ -726,7 +720,7 @@ def _check_global_heaps(f: h5py.File, path: Path) -> None:
                                         "its variable-length strings are not read")
                     at = m.find(_GCOL, at + 1)
     except OSError as exc:
-        raise DataError(f"{path}: cannot be read ({_short(exc)})") from None
+        raise DataError(f"{path}: cannot be read ({short_text(exc)})") from None
 
 
 def _walk_collection(m, at: int, end_of_file: int, length: int, header: int, obj_header: int) -> str | None:
@@ -757,18 +751,18 @@ def _dataset(f, key: str, path: Path) -> h5py.Dataset:
         obj = f.get(key)  # None for a missing key or a dangling soft link
     except _H5_ERRORS as exc:  # an external link to a missing file, a link loop, a damaged header
         raise DataError(f"{path}: dataset '{key}' cannot be opened (a broken link or a damaged "
-                        f"object header: {_short(exc)})") from None
+                        f"object header: {short_text(exc)})") from None
     if obj is None:
         try:
             link = f.get(key, getlink=True)
         except _H5_ERRORS:
             link = None
         if isinstance(link, h5py.SoftLink):
-            raise DataError(f"{path}: dataset '{key}' is a soft link to {_short(link.path, 100)!r}, "
+            raise DataError(f"{path}: dataset '{key}' is a soft link to {short_text(link.path, 100)!r}, "
                             "which does not exist")
         if isinstance(link, h5py.ExternalLink):
             raise DataError(f"{path}: dataset '{key}' is an external link to "
-                            f"{_short(link.filename, 100)!r}:{_short(link.path, 100)!r}, which cannot be opened")
+                            f"{short_text(link.filename, 100)!r}:{short_text(link.path, 100)!r}, which cannot be opened")
         raise DataError(f"{path}: missing dataset '{key}' (ptychodus layout)")
     if not isinstance(obj, h5py.Dataset):
         raise DataError(f"{path}: '{key}' is not a dataset (ptychodus layout)")
@@ -789,21 +783,6 @@ def _read(f, key: str, path: Path) -> np.ndarray:
     if data.dtype.kind not in "iufcb":
         raise DataError(f"{path}: dataset '{key}': expected numbers, got {data.dtype}")
     return data
-
-
-def _open(path: Path) -> h5py.File:
-    try:
-        exists, is_dir = path.exists(), path.is_dir()
-    except (OSError, ValueError) as exc:  # a name too long, or holding a NUL byte
-        raise DataError(f"{path}: cannot be read ({_short(exc)})") from None
-    if not exists:
-        raise DataError(f"{path}: no such file")
-    if is_dir:
-        raise DataError(f"{path}: is a directory, expected an HDF5 file")
-    try:
-        return h5py.File(path, "r")
-    except _H5_ERRORS as exc:
-        raise DataError(f"{path}: not a readable HDF5 file (truncated or corrupt: {_short(exc)})") from None
 
 
 def _unique(index: np.ndarray, path: Path, key: str) -> None:
@@ -865,7 +844,7 @@ def read_ptychodus(path: str | os.PathLike, diffraction_path=None, edge_policy: 
     """
     path = resolve_product_path(path)
     ext: dict = {"source_stem": path.stem}
-    with _open(path) as f:
+    with open_h5(path) as f:
         with damaged_file_errors(path, "not a readable ptychodus product"):  # link tables, headers, heaps
             product = _read_product(f, path, ext)
     x_m, y_m, index, obj, probe, weights, (dy, dx), (py, px), placeholder, named, scan_index, start, meta = product
@@ -1002,7 +981,7 @@ def _span(values: np.ndarray) -> str:
 
 def _read_patterns(diffraction_path: Path, position_index: np.ndarray, ext: dict):
     """(keep mask over the product's positions, (P_kept, N, N) amplitudes in their order)."""
-    with _open(diffraction_path) as f:
+    with open_h5(diffraction_path) as f:
         try:
             counts, index, pattern_counts = _read_diffraction(f, diffraction_path, ext)
         except DataError:
@@ -1011,7 +990,7 @@ def _read_patterns(diffraction_path: Path, position_index: np.ndarray, ext: dict
             raise DataError(f"{diffraction_path}: too large to load into memory") from None
         except _H5_ERRORS as exc:  # h5py on a damaged file
             raise DataError(f"{diffraction_path}: not a readable ptychodus diffraction file (truncated "
-                            f"or corrupt: {type(exc).__name__}: {_short(exc)})") from None
+                            f"or corrupt: {type(exc).__name__}: {short_text(exc)})") from None
     if counts.dtype.kind == "c":
         raise DataError(f"{diffraction_path}: dataset 'patterns': expected real counts, got {counts.dtype}")
     if counts.dtype.kind in "iu":
