@@ -49,8 +49,10 @@ __all__ = [
 ]
 
 FORMAT = "ptycho_fast.model_bundle"
-FORMAT_VERSION = 1
-SUPPORTED_VERSIONS = (1,)
+#: 2 names the generator (network.arch, and for ffno network.modes / network.blocks);
+#: a version-1 bundle is a CNN (it predates the choice) and still loads
+FORMAT_VERSION = 2
+SUPPORTED_VERSIONS = (1, 2)
 BUNDLE_JSON = "bundle.json"
 PROBE_FILE = "probe.npy"
 WEIGHTS_SAFETENSORS = "weights.safetensors"
@@ -260,8 +262,8 @@ def save_bundle(path, model: PtychoPINNNet, *, intensity_scale: float, probe_gai
             "format_version": FORMAT_VERSION,
             "N": cfg.N,
             "gridsize": cfg.gridsize,
-            "network": {"width": cfg.width, "amp_activation": cfg.amp_activation,
-                        "filters": list(cfg.filters), "architecture": "ptychopinn-unet"},
+            "network": {"arch": cfg.arch, "width": cfg.width, "amp_activation": cfg.amp_activation,
+                        "filters": list(cfg.filters), "modes": cfg.modes, "blocks": cfg.blocks},
             "intensity_scale": s,
             "probe_gain": g,
             "probe": {"file": PROBE_FILE, "shape": list(probe.shape), "dtype": "complex64",
@@ -306,9 +308,18 @@ def _get(info: dict, dotted: str):
     return node
 
 
+#: what a version-2 bundle must have besides REQUIRED_FIELDS (per architecture)
+REQUIRED_V2 = {"cnn": ("network.arch",), "ffno": ("network.arch", "network.modes", "network.blocks")}
+
+
 def _check_fields(info: dict, where: str) -> None:
     missing = []
-    for name in REQUIRED_FIELDS:
+    required = list(REQUIRED_FIELDS)
+    if info.get("format_version") != 1:
+        net = info.get("network")
+        arch = net.get("arch") if isinstance(net, dict) else None
+        required += REQUIRED_V2.get(arch, ("network.arch",))
+    for name in required:
         try:
             value = _get(info, name)
         except KeyError:
@@ -442,8 +453,11 @@ def load_bundle(path, device="cpu") -> Bundle:
     g = _positive(f"{where}: probe_gain", info["probe_gain"])
     try:
         net = info["network"]
+        arch = "cnn" if version == 1 else net["arch"]
+        extra = {"modes": net["modes"], "blocks": net["blocks"]} if arch == "ffno" else {}
         config = NetworkConfig(N=info["N"], gridsize=info["gridsize"], width=net["width"],
-                               amp_activation=net["amp_activation"], filters=net["filters"])
+                               amp_activation=net["amp_activation"], filters=net["filters"],
+                               arch=arch, **extra)
     except (ValueError, TypeError, OverflowError) as exc:
         raise BundleError(f"{where}: bad network settings: {exc}") from None
     try:  # the parameter shapes, allocating nothing (a huge gridsize or width must not)

@@ -5,7 +5,10 @@ network's predictions, or a refined object's) degenerate? (docs/inference.md)
 everywhere, or a complex ``var_zero_mean`` (mean over patches of ``E|z - mean z|^2`` =
 ``var(real) + var(imag)``: 0 for constant patches whatever their amplitude and phase)
 below the floor. :func:`amplitude_flat_note` is the softer warning of an amplitude that is
-constant while the phase varies. Statistics come from ``ops.patch_stats`` (one pass per
+constant while the phase varies, and :func:`degenerate_amplitude_reason` the stop for the same
+when the data say the object absorbs (:class:`CountSpread`: the total counts per pattern
+vary with position beyond Poisson noise; by Parseval a pure-phase object keeps them
+constant) — a collapsed amplitude, not a phase object. Statistics come from ``ops.patch_stats`` (one pass per
 view) and are combined across batches by :class:`StatsAccumulator` (float64, Chan's
 combination: no second pass over the data).
 """
@@ -22,7 +25,8 @@ from . import ops as fast_ops
 __all__ = [
     "CollapseError", "DEFAULT_COLLAPSE_FLOOR", "EXIT_COLLAPSE", "STATS_DDOF", "VIEWS",
     "PHASE_STATS_BATCHES", "StatsAccumulator", "batch_stats", "summarize", "batch_record",
-    "collapse_reason", "amplitude_flat_note",
+    "collapse_reason", "amplitude_flat_note", "CountSpread", "ABSORPTION_SPREAD",
+    "degenerate_amplitude_reason",
 ]
 
 #: --collapse-floor default. The guard reads the variance of the complex patches,
@@ -45,6 +49,14 @@ class CollapseError(RuntimeError):
         super().__init__(message)
         self.partial = partial
 
+
+#: the data say the object absorbs when the total counts per pattern spread (relative
+#: standard deviation, the Poisson part removed) by more than this: a transmission varying
+#: by ~1 % or more. A pure-phase object's totals vary by Poisson noise only (Parseval;
+#: measured on Fourier-shifted simulations of lines, dead leaves, mixed, Siemens star:
+#: < 0.5 %, and 0.5 .. 3 % at an amplitude contrast of 0.1). Note: bilinear-interpolated
+#: patches of a phase object are not a phase object (up to 5 % for steep phase edges).
+ABSORPTION_SPREAD = 0.01
 
 VIEWS = ("amplitude", "phase", "real", "imag")
 #: phase statistics (an atan2 per pixel: ~5x the cost of the other views) are gathered over
@@ -149,6 +161,51 @@ def amplitude_flat_note(summary: dict, floor: float) -> str | None:
     return (f"the predicted amplitude is constant within every patch (amplitude var_zero_mean {amp:.3g} < "
             f"{floor:.3g}; mean {summary['amplitude']['mean']:.4g}) while the phase varies: right for a "
             "pure-phase object, otherwise an amplitude collapse; check amplitude.png")
+
+
+class CountSpread:
+    """How much the total counts per pattern vary: ``add(X)`` with amplitudes (…, N, N) in
+    count units (sums kept on X's device: no host copy until :meth:`summary`)."""
+
+    def __init__(self):
+        self.n, self.s1, self.s2 = 0, 0.0, 0.0
+
+    def add(self, X: torch.Tensor) -> None:
+        totals = X.detach().double().square().sum((-2, -1)).flatten()
+        self.s1 = self.s1 + totals.sum()
+        self.s2 = self.s2 + totals.square().sum()
+        self.n += int(totals.numel())
+
+    def summary(self) -> dict:
+        """mean and std of the totals, ``excess``: the relative spread beyond Poisson noise
+        (sqrt(max(var - mean, 0)) / mean), ``absorbing``: excess > ABSORPTION_SPREAD and
+        var > 4 mean (clearly beyond the noise)."""
+        n = max(self.n, 1)
+        mean = float(self.s1) / n
+        var = max(float(self.s2) / n - mean * mean, 0.0)
+        excess = math.sqrt(max(var - mean, 0.0)) / mean if mean > 0 else 0.0
+        return {"n_patterns": self.n, "mean": mean, "std": math.sqrt(var), "excess": excess,
+                "absorbing": bool(mean > 0 and excess > ABSORPTION_SPREAD and var > 4 * mean)}
+
+    @classmethod
+    def of(cls, X) -> "CountSpread":
+        spread = cls()
+        spread.add(torch.as_tensor(X))
+        return spread
+
+
+def degenerate_amplitude_reason(summary: dict, floor: float, counts: dict) -> str | None:
+    """A collapse (exit 3 unless --allow-degenerate): the predicted amplitude is constant
+    within every patch (var_zero_mean below ``floor``) while the data say the object absorbs
+    (``counts``: a :meth:`CountSpread.summary`). None otherwise (a pure-phase object's
+    constant amplitude is right)."""
+    amp = summary["amplitude"]["var_zero_mean"]
+    if not (math.isfinite(amp) and amp < floor and counts["absorbing"]):
+        return None
+    return (f"the predicted amplitude is constant within every patch (amplitude var_zero_mean "
+            f"{amp:.3g} < {floor:.3g}, mean {summary['amplitude']['mean']:.4g}) but the data say the "
+            f"object absorbs: the total counts per pattern vary by {100 * counts['excess']:.2g} % beyond "
+            f"Poisson noise (a pure-phase object keeps them constant): the amplitude output collapsed")
 
 
 def batch_record(stats: dict, batch: int) -> dict:

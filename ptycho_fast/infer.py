@@ -55,7 +55,8 @@ from .coords import CanvasFrame, canvas_frame
 from .data import PatternReader, group_positions, load_dataset, load_dataset_reporting
 from .files import UserError
 from .guard import (DEFAULT_COLLAPSE_FLOOR, EXIT_COLLAPSE, PHASE_STATS_BATCHES, STATS_DDOF, CollapseError,
-                    StatsAccumulator, amplitude_flat_note, batch_record, batch_stats, collapse_reason)
+                    StatsAccumulator, amplitude_flat_note, batch_record, batch_stats, collapse_reason,
+                    CountSpread, degenerate_amplitude_reason)
 from .infer_output import (DEBUG_PATCHES, PATCH_STATS_JSON, Source, canvas_stats, write_collapse_outputs,
                            write_debug_dump, write_outputs)
 from .object_big import make_window
@@ -135,6 +136,7 @@ class Reconstruction:
     data_intensity_scale: float | None = None              # from the patterns read
     degenerate: str | None = None                         # guard reason (--allow-degenerate)
     amplitude_flat: str | None = None                     # amplitude_flat_note (a warning)
+    counts: dict | None = None                            # CountSpread.summary of the patterns
     canvas_stats: dict = field(default_factory=dict)
 
 
@@ -314,15 +316,14 @@ class _Monitor:
     def __init__(self, rec: Reconstruction, kernels, stats_limit: int):
         self.rec, self.kernels, self.stats_limit = rec, kernels, stats_limit
         self.accumulator = StatsAccumulator()
-        self.energy, self.energy_n = 0.0, 0
+        self.counts = CountSpread()  # device sums: read on the host after the first batch and at the end
 
     def add_patterns(self, X: torch.Tensor) -> None:
-        self.energy += float(X.double().square().sum())
-        self.energy_n += X.shape[0] * X.shape[1]
+        self.counts.add(X)
 
     def intensity_scale(self) -> float:
         """sqrt(mean_p sum X_p^2) / (N/2) of the patterns read so far."""
-        return math.sqrt(self.energy / max(self.energy_n, 1)) / (self.rec.N / 2)
+        return math.sqrt(float(self.counts.s1) / max(self.counts.n, 1)) / (self.rec.N / 2)
 
     def add_patches(self, raw: torch.Tensor, k: int) -> None:
         rec = self.rec
@@ -337,6 +338,7 @@ class _Monitor:
 
     def finish(self, rec: Reconstruction) -> None:
         rec.data_intensity_scale = self.intensity_scale()
+        rec.counts = self.counts.summary()
         rec.stats = self.accumulator.summary()
         rec.canvas_stats = canvas_stats(rec.object, rec.covered)
 
@@ -366,13 +368,17 @@ class _Guard:
     def end(self, rec: Reconstruction) -> None:
         if not self.enabled:
             return
-        self.check(rec, rec.stats, f"over all {rec.stats['n_patches']} patches")
+        when = f"over all {rec.stats['n_patches']} patches"
+        self.check(rec, rec.stats, when)
+        self.stop_or_allow(rec, degenerate_amplitude_reason(rec.stats, self.floor, rec.counts), when)
         rec.amplitude_flat = amplitude_flat_note(rec.stats, self.floor)
-        if rec.amplitude_flat and self.on_warning is not None:
+        if rec.amplitude_flat and self.on_warning is not None and rec.degenerate is None:
             self.on_warning(rec.amplitude_flat)
 
     def check(self, rec: Reconstruction, summary: dict, when: str) -> None:
-        reason = collapse_reason(summary, self.floor)
+        self.stop_or_allow(rec, collapse_reason(summary, self.floor), when)
+
+    def stop_or_allow(self, rec: Reconstruction, reason: str | None, when: str) -> None:
         if reason is None:
             return
         scale = rec.data_intensity_scale

@@ -427,8 +427,11 @@ def format_text(d: dict) -> str:
         L.append(f"N                   {_fmt(d['N'])}")
         L.append(f"gridsize            {_fmt(d['gridsize'])}")
         net = _mapping(d.get("network"))
-        L.append(f"network             {net.get('architecture', '?')}, width {_fmt(net.get('width'))}, filters "
-                 f"{_fmt(net.get('filters'))}, amplitude {net.get('amp_activation', '?')}"
+        arch = net.get("arch", "cnn" if d["format_version"] == 1 else "?")
+        shape = (f"filters {_fmt(net.get('filters'))}" if arch == "cnn"
+                 else f"modes {_fmt(net.get('modes'))}, blocks {_fmt(net.get('blocks'))}")
+        L.append(f"network             {arch}, width {_fmt(net.get('width'))}, {shape}, "
+                 f"amplitude {net.get('amp_activation', '?')}"
                  + (f", {d['n_parameters']:,} parameters" if d.get("n_parameters") else ""))
         L.append(f"intensity scale s   {_fmt(d['intensity_scale'])}  (stored)")
         L.append(f"probe gain g        {_fmt(d['probe_gain'])}  (stored)")

@@ -1,22 +1,28 @@
-"""The PtychoPINN encoder/decoder network (docs/design.md §1).
+"""The PINN generators (docs/design.md §1, docs/training.md §"Architectures").
 
 Input: C = gridsize² channels of **normalised** diffraction amplitudes ``X / s``
 (``physics.network_input``), shape (B, C, N, N). Output: C complex object patches
 ``amplitude * exp(i * phase)``, shape (B, C, N, N).
 
-Architecture (PtychoPINN's, with the width as a multiplier ``s`` of the filter counts):
+Two architectures (``NetworkConfig.arch``), the same heads:
 
-* encoder: conv blocks of ``32s, 64s, 128s`` filters for N = 32 or 64 (``16s, 32s, 64s,
-  128s`` for N = 128); each block is two 3x3 convolutions with ReLU and a 2x2 max-pool, so
-  the bottleneck is N/8 (N/16 for N = 128) pixels wide;
-* two decoders with separate weights, one for the amplitude and one for the phase; each
-  mirrors the encoder: per level two 3x3 convolutions with ReLU and a 2x nearest
-  upsampling (filters ``64s, 32s, 32s`` for N = 64), then a 3x3 convolution to C channels;
-* amplitude = ``sigmoid`` (transmission in (0, 1)) or ``silu`` of the last convolution;
-  phase = ``pi * tanh``.
+* ``cnn``: PtychoPINN's encoder/decoder, with the width as a multiplier ``s`` of the filter
+  counts. Encoder: conv blocks of ``32s, 64s, 128s`` filters for N = 32 or 64 (``16s, 32s,
+  64s, 128s`` for N = 128); each block is two 3x3 convolutions with ReLU and a 2x2 max-pool.
+  Two decoders with separate weights (amplitude, phase) mirror it: per level two 3x3
+  convolutions with ReLU and a 2x nearest upsampling, then a 3x3 convolution to C channels.
+* ``ffno``: a factorised Fourier neural operator at constant resolution (Tran et al. 2023,
+  as PtychoPINN's FFNO generator): a 1x1 lift of the C inputs and two coordinate channels
+  to ``round(32 s)`` channels; ``blocks`` residual blocks ``x + W2 gelu(W1 K(x))`` where K
+  mixes channels on the lowest ``modes`` frequencies along y and along x separately
+  (``torch.fft.rfft``, one complex weight per mode and channel pair); a refiner of two 3x3
+  convolutions to half the channels; 1x1 amplitude and phase heads. Global in one layer,
+  which a diffraction-to-object map needs, and ~10x fewer parameters than the CNN.
 
-The encoder and decoders are fully convolutional, so nothing but the pooling depth
-depends on N; ``N`` must be divisible by 2**levels.
+Amplitude = ``exp`` (the default: any transmission > 0, which a probe gain fitted by
+Parseval on an absorbing object needs — the measured amplitudes then imply transmissions
+above 1; docs/training.md §"Diagnosis"), ``sigmoid`` (transmission in (0, 1), PtychoPINN's)
+or ``silu`` of the head; phase = ``pi * tanh``.
 """
 
 from __future__ import annotations
@@ -27,10 +33,14 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-__all__ = ["NetworkConfig", "PtychoPINNNet", "SUPPORTED_N", "AMP_ACTIVATIONS", "encoder_filters"]
+__all__ = ["NetworkConfig", "PtychoPINNNet", "SUPPORTED_N", "ARCHITECTURES", "AMP_ACTIVATIONS",
+           "LOG_AMPLITUDE_LIMIT", "encoder_filters", "ffno_channels"]
 
 SUPPORTED_N = (32, 64, 128)   # 32 is for fast tests; 64 and 128 are the PtychoPINN sizes
-AMP_ACTIVATIONS = ("sigmoid", "silu")
+ARCHITECTURES = ("cnn", "ffno")
+AMP_ACTIVATIONS = ("exp", "sigmoid", "silu")
+#: the exp amplitude is exp(clamp(a, -L, L)): transmissions from 3e-4 to 3e3, never 0 or inf
+LOG_AMPLITUDE_LIMIT = 8.0
 
 
 def encoder_filters(N: int, width: float) -> list[int]:
@@ -40,17 +50,26 @@ def encoder_filters(N: int, width: float) -> list[int]:
     return [max(1, int(round(b * width))) for b in base]
 
 
+def ffno_channels(width: float) -> int:
+    """The FFNO's constant channel count: round(32 s), at least 2 (the refiner halves it)."""
+    return max(2, int(round(32 * width)))
+
+
 @dataclass
 class NetworkConfig:
     """The network's hyper-parameters (stored in the model bundle)."""
     N: int = 64
     gridsize: int = 2
     width: float = 2.0
-    amp_activation: str = "sigmoid"
-    filters: list[int] = field(default_factory=list)  # derived from N and width
+    amp_activation: str = "exp"
+    filters: list[int] = field(default_factory=list)  # cnn: derived from N and width; ffno: []
+    arch: str = "cnn"
+    modes: int = 12      # ffno: Fourier modes kept per axis
+    blocks: int = 4      # ffno: Fourier blocks
 
     def __post_init__(self) -> None:
         self.N, self.gridsize, self.width = int(self.N), int(self.gridsize), float(self.width)
+        self.modes, self.blocks = int(self.modes), int(self.blocks)
         if self.N not in SUPPORTED_N:
             raise ValueError(f"N must be one of {', '.join(map(str, SUPPORTED_N))}, got {self.N}")
         if self.gridsize < 1:
@@ -60,15 +79,26 @@ class NetworkConfig:
         if self.amp_activation not in AMP_ACTIVATIONS:
             raise ValueError(f"amp_activation must be one of {', '.join(AMP_ACTIVATIONS)}, "
                              f"got {self.amp_activation!r}")
-        expected = encoder_filters(self.N, self.width)
+        if self.arch not in ARCHITECTURES:
+            raise ValueError(f"arch must be one of {', '.join(ARCHITECTURES)}, got {self.arch!r}")
+        if not 1 <= self.modes <= self.N // 2 + 1:
+            raise ValueError(f"modes must be in [1, N/2 + 1 = {self.N // 2 + 1}], got {self.modes}")
+        if self.blocks < 1:
+            raise ValueError(f"blocks must be >= 1, got {self.blocks}")
+        expected = encoder_filters(self.N, self.width) if self.arch == "cnn" else []
         if self.filters and list(self.filters) != expected:
-            raise ValueError(f"filters {list(self.filters)} do not match N = {self.N} and width "
-                             f"{self.width} (expected {expected})")
+            raise ValueError(f"filters {list(self.filters)} do not match N = {self.N}, arch "
+                             f"{self.arch} and width {self.width} (expected {expected})")
         self.filters = expected
 
     @property
     def C(self) -> int:  # noqa: N802
         return self.gridsize ** 2
+
+    @property
+    def channels(self) -> int:
+        """ffno: the constant channel count."""
+        return ffno_channels(self.width)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -103,20 +133,89 @@ class _Decoder(nn.Module):
         return self.head(self.blocks(z))
 
 
+class _FactorizedSpectralConv(nn.Module):
+    """K(x): channel mixing on the lowest ``modes`` frequencies along y, plus the same along
+    x (separate weights), each through a real FFT of that axis. Weights are stored real
+    (..., 2) so the state dict is float (safetensors, the bundle's finite-float check)."""
+
+    def __init__(self, channels: int, modes: int):
+        super().__init__()
+        self.modes = modes
+        scale = 1.0 / channels
+        self.weight_y = nn.Parameter(scale * torch.randn(channels, channels, modes, 2))
+        self.weight_x = nn.Parameter(scale * torch.randn(channels, channels, modes, 2))
+
+    def _axis(self, x: torch.Tensor, weight: torch.Tensor, dim: int) -> torch.Tensor:
+        n = x.shape[dim]
+        m = min(self.modes, n // 2 + 1)
+        xf = torch.fft.rfft(x, dim=dim, norm="ortho").narrow(dim, 0, m)
+        w = torch.view_as_complex(weight[:, :, :m].contiguous())
+        if dim == -1:
+            yf = torch.einsum("bihm,iom->bohm", xf, w)
+        else:
+            yf = torch.einsum("bimw,iom->bomw", xf, w)
+        return torch.fft.irfft(yf, n=n, dim=dim, norm="ortho")  # zero-pads the high modes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._axis(x, self.weight_y, -2) + self._axis(x, self.weight_x, -1)
+
+
+class _FourierBlock(nn.Module):
+    def __init__(self, channels: int, modes: int):
+        super().__init__()
+        self.spectral = _FactorizedSpectralConv(channels, modes)
+        self.mlp = nn.Sequential(nn.Conv2d(channels, channels, 1), nn.GELU(),
+                                 nn.Conv2d(channels, channels, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.mlp(self.spectral(x))
+
+
+class _FFNO(nn.Module):
+    """Lift (inputs + y/x coordinates) -> Fourier blocks -> conv refiner -> two 1x1 heads."""
+
+    def __init__(self, cfg: NetworkConfig):
+        super().__init__()
+        ch, half = cfg.channels, max(1, cfg.channels // 2)
+        self.lift = nn.Conv2d(cfg.C + 2, ch, 1)
+        self.blocks = nn.Sequential(*[_FourierBlock(ch, cfg.modes) for _ in range(cfg.blocks)])
+        self.refiner = nn.Sequential(nn.Conv2d(ch, half, 3, padding=1), nn.GELU(),
+                                     nn.Conv2d(half, half, 3, padding=1), nn.GELU())
+        self.amplitude_head = nn.Conv2d(half, cfg.C, 1)
+        self.phase_head = nn.Conv2d(half, cfg.C, 1)
+        ramp = torch.linspace(-1.0, 1.0, cfg.N)
+        grid = torch.stack(torch.meshgrid(ramp, ramp, indexing="ij"))  # (2, N, N): y, x
+        self.register_buffer("grid", grid, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        grid = self.grid.to(x.dtype).expand(x.shape[0], -1, -1, -1)
+        z = self.refiner(self.blocks(self.lift(torch.cat([x, grid], dim=1))))
+        return self.amplitude_head(z), self.phase_head(z)
+
+
 class PtychoPINNNet(nn.Module):
-    """Encoder + amplitude decoder + phase decoder. ``forward(x)``: (B, C, N, N) normalised
-    amplitudes -> (B, C, N, N) complex patches (complex64 for float32 weights)."""
+    """The generator (``config.arch``) + amplitude/phase activations. ``forward(x)``:
+    (B, C, N, N) normalised amplitudes -> (B, C, N, N) complex patches (complex64 for
+    float32 weights). State-dict keys: the CNN's are those of version-1 bundles
+    (``encoder.*``, ``amplitude_decoder.*``, ``phase_decoder.*``), the FFNO's ``ffno.*``."""
 
     def __init__(self, config: NetworkConfig | None = None, **kwargs):
         super().__init__()
         self.config = config if config is not None else NetworkConfig(**kwargs)
         cfg = self.config
-        f = cfg.filters
-        cins = [cfg.C] + f[:-1]
-        self.encoder = nn.Sequential(*[_DownBlock(i, o) for i, o in zip(cins, f)])
-        self.amplitude_decoder = _Decoder(f, cfg.C)
-        self.phase_decoder = _Decoder(f, cfg.C)
-        self._levels = len(f)
+        if cfg.arch == "cnn":
+            f = cfg.filters
+            self.encoder = nn.Sequential(*[_DownBlock(i, o) for i, o in zip([cfg.C] + f[:-1], f)])
+            self.amplitude_decoder = _Decoder(f, cfg.C)
+            self.phase_decoder = _Decoder(f, cfg.C)
+        else:
+            self.ffno = _FFNO(cfg)
+
+    def _logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.config.arch == "ffno":
+            return self.ffno(x)
+        z = self.encoder(x)
+        return self.amplitude_decoder(z), self.phase_decoder(z)
 
     def _check_input(self, x: torch.Tensor) -> None:
         cfg = self.config
@@ -127,11 +226,15 @@ class PtychoPINNNet(nn.Module):
     def amplitude_phase(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(amplitude, phase), each (B, C, N, N) real."""
         self._check_input(x)
-        z = self.encoder(x)
-        a = self.amplitude_decoder(z)
-        amp = torch.sigmoid(a) if self.config.amp_activation == "sigmoid" else nn.functional.silu(a)
-        phase = math.pi * torch.tanh(self.phase_decoder(z))
-        return amp, phase
+        a, p = self._logits(x)
+        act = self.config.amp_activation
+        if act == "exp":
+            amp = torch.exp(torch.clamp(a, -LOG_AMPLITUDE_LIMIT, LOG_AMPLITUDE_LIMIT))
+        elif act == "sigmoid":
+            amp = torch.sigmoid(a)
+        else:
+            amp = nn.functional.silu(a)
+        return amp, math.pi * torch.tanh(p)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         amp, phase = self.amplitude_phase(x)

@@ -48,7 +48,8 @@ from .bundle import RUN_BUNDLE_SUBDIR, dataset_fingerprint, save_bundle
 from .files import UserError, atomic_output, write_json as _write_json, write_text as _write_text
 from .guard import DEFAULT_COLLAPSE_FLOOR, EXIT_COLLAPSE, CollapseError
 from .runtime import Dist, deterministic_algorithms, process_group, resolve_device
-from .model import AMP_ACTIVATIONS, SUPPORTED_N, NetworkConfig, PtychoPINNNet
+from .model import AMP_ACTIVATIONS, ARCHITECTURES, SUPPORTED_N, NetworkConfig, PtychoPINNNet
+from .schedule import COSINE_FINAL_FRACTION, LR_SCHEDULES, PLATEAU_PATIENCE, Schedule
 from .object_big import WINDOWS, ObjectBig, make_window
 from .progress import Progress
 
@@ -67,9 +68,6 @@ CONFIG_JSON = "train_config.json"
 CHECKPOINT_FORMAT = "ptycho_fast.checkpoint"
 CHECKPOINT_VERSION = 1
 
-LR_SCHEDULES = ("cosine", "plateau", "constant")
-COSINE_FINAL_FRACTION = 0.01   # cosine schedule ends at lr * this
-PLATEAU_FACTOR, PLATEAU_PATIENCE = 0.5, 2
 
 
 @dataclass
@@ -90,7 +88,13 @@ class TrainConfig:
     loss: str = "poisson"
     rate_floor: float = physics.DEFAULT_RATE_FLOOR
     width: float = 2.0
-    amp_activation: str = "sigmoid"
+    amp_activation: str = "exp"
+    arch: str = "cnn"
+    modes: int = 12
+    blocks: int = 4
+    grad_clip: float = 0.0               # max gradient norm; 0: no clipping
+    max_time: float | None = None        # minutes; stop after the epoch that crosses it
+    allow_degenerate: bool = False
     window: str = "probe"
     object_big: bool = True
     probe_gain: str = "auto"
@@ -105,7 +109,7 @@ class TrainConfig:
     #: different value is an error
     RUN_FIELDS = ("batch_size", "gridsize", "n_groups", "lr", "lr_schedule", "seed", "val_fraction",
                   "loss", "rate_floor", "width", "amp_activation", "window", "object_big",
-                  "probe_gain", "train_probe_gain")
+                  "probe_gain", "train_probe_gain", "arch", "modes", "blocks", "grad_clip", "max_time")
 
     def validate(self) -> "TrainConfig":
         def bad(option, message):
@@ -138,6 +142,16 @@ class TrainConfig:
             bad("width", f"must be a number > 0, got {self.width}")
         if self.amp_activation not in AMP_ACTIVATIONS:
             bad("amp_activation", f"must be one of {', '.join(AMP_ACTIVATIONS)}, got {self.amp_activation!r}")
+        if self.arch not in ARCHITECTURES:
+            bad("arch", f"must be one of {', '.join(ARCHITECTURES)}, got {self.arch!r}")
+        if int(self.modes) < 1:
+            bad("modes", f"must be >= 1, got {self.modes}")
+        if int(self.blocks) < 1:
+            bad("blocks", f"must be >= 1, got {self.blocks}")
+        if not (math.isfinite(self.grad_clip) and self.grad_clip >= 0):
+            bad("grad_clip", f"must be a number >= 0 (0: off), got {self.grad_clip}")
+        if self.max_time is not None and not (math.isfinite(self.max_time) and self.max_time > 0):
+            bad("max_time", f"must be a number of minutes > 0, got {self.max_time}")
         if self.window not in WINDOWS:
             bad("window", f"must be one of {', '.join(WINDOWS)}, got {self.window!r}")
         if str(self.probe_gain) not in physics.PROBE_GAIN_MODES:
@@ -227,16 +241,6 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def _make_scheduler(config: TrainConfig, optimizer):
-    if config.lr_schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(
-            optimizer, T_max=config.epochs, eta_min=config.lr * COSINE_FINAL_FRACTION)
-    if config.lr_schedule == "plateau":
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="min", factor=PLATEAU_FACTOR, patience=PLATEAU_PATIENCE)
-    return None
-
-
 def _patch_record(patches: torch.Tensor, epoch: int, batch: int, floor: float) -> tuple[dict, str | None]:
     """(log entry, collapse reason or None) of a batch of predicted complex patches: the
     guard shared with infer and refine (ptycho_fast.guard)."""
@@ -280,6 +284,7 @@ class _Data:
     intensity_scale: float
     probe_gain: float
     probe_gain_how: str
+    counts: dict             # guard.CountSpread summary: does the object absorb?
 
 
 def _prepare_data(config: TrainConfig) -> _Data:
@@ -319,7 +324,8 @@ def _prepare_data(config: TrainConfig) -> _Data:
                  train_ids=torch.from_numpy(train_ids.astype(np.int64)),
                  val_ids=torch.from_numpy(val_ids.astype(np.int64)),
                  probe=ds.probe, N=ds.N, canvas_size=canvas, fingerprint=fingerprint,
-                 intensity_scale=float(s), probe_gain=float(g), probe_gain_how=how)
+                 intensity_scale=float(s), probe_gain=float(g), probe_gain_how=how,
+                 counts=guard.CountSpread.of(ds.diffraction).summary())
 
 
 # ----------------------------------------------------------------------------- resume
@@ -414,8 +420,12 @@ def _train(config: TrainConfig, dist: Dist, device: torch.device, run_dir: Path,
     torch.manual_seed(config.seed)
     np.random.seed(config.seed % (2 ** 32))
     random.seed(config.seed)
-    net_config = NetworkConfig(N=data.N, gridsize=config.gridsize, width=config.width,
-                               amp_activation=config.amp_activation)
+    try:
+        net_config = NetworkConfig(N=data.N, gridsize=config.gridsize, width=config.width,
+                                   amp_activation=config.amp_activation, arch=config.arch,
+                                   modes=config.modes, blocks=config.blocks)
+    except ValueError as exc:
+        raise UserError(f"train: network settings: {exc}") from None
     net = PtychoPINNNet(net_config)
     probe_t = torch.as_tensor(data.probe)
     C = net_config.C
@@ -424,16 +434,18 @@ def _train(config: TrainConfig, dist: Dist, device: torch.device, run_dir: Path,
         merge = ObjectBig(make_window(config.window, data.N, data.probe), data.canvas_size)
     module = PINNTrainingModule(net, probe_t, data.probe_gain, config.train_probe_gain, merge).to(device)
     optimizer = torch.optim.Adam(module.parameters(), lr=config.lr)
-    scheduler = _make_scheduler(config, optimizer)
+    steps = len(data.train_ids) // config.batch_size
+    scheduler = Schedule(optimizer, config.lr_schedule, config.lr, total_steps=config.epochs * steps,
+                         max_seconds=None if config.max_time is None else 60.0 * config.max_time)
     history: list[dict] = []
     patch_log: list[dict] = []
-    start_epoch = 0
+    start_epoch, spent = 0, 0.0
     if ckpt is not None:
         module.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
-        if scheduler is not None:
-            scheduler.load_state_dict(ckpt["scheduler"])
+        scheduler.load_state_dict(ckpt["scheduler"])
         history = json.loads(ckpt["history"])
+        spent = float(ckpt.get("seconds", sum(h["seconds"] for h in history)))
         patch_log = json.loads(ckpt.get("patch_stats", "[]"))
         start_epoch = int(ckpt["epoch"])
         _set_rng_state(ckpt["rng"], device)
@@ -454,7 +466,6 @@ def _train(config: TrainConfig, dist: Dist, device: torch.device, run_dir: Path,
     s, B = data.intensity_scale, config.batch_size
     b = B // dist.world
     n_train = len(data.train_ids)
-    steps = n_train // B
     sampler = DistributedSampler(range(n_train), num_replicas=dist.world, rank=dist.rank,
                                  shuffle=True, seed=config.seed, drop_last=True)
     train_ids = data.train_ids
@@ -474,7 +485,7 @@ def _train(config: TrainConfig, dist: Dist, device: torch.device, run_dir: Path,
         return predicted, physics.amplitude_loss(config.loss, amplitude, Xb, config.rate_floor)
 
     stop_at = config.epochs if config.stop_after_epoch is None else min(config.epochs, config.stop_after_epoch)
-    epochs_done = start_epoch
+    epochs_done, out_of_time = start_epoch, False
     for epoch in range(start_epoch, stop_at):
         module.train()
         sampler.set_epoch(epoch)
@@ -505,6 +516,9 @@ def _train(config: TrainConfig, dist: Dist, device: torch.device, run_dir: Path,
                                             f"patch statistics in {run_dir / PATCH_STATS_JSON}")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if config.grad_clip > 0:
+                    nn.utils.clip_grad_norm_(module.parameters(), config.grad_clip)
+                scheduler.before_step(epoch * steps + k, spent + time.perf_counter() - t0)
                 optimizer.step()
                 value = float(loss.detach())
                 if not math.isfinite(value):
@@ -518,24 +532,29 @@ def _train(config: TrainConfig, dist: Dist, device: torch.device, run_dir: Path,
         val_loss = _validate(module, data, val_ids, indices, X, offsets, s, b, config, device, dist)
         seconds = time.perf_counter() - t0
         lr_used = optimizer.param_groups[0]["lr"]
-        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            scheduler.step(val_loss if val_loss is not None else train_loss)
-        elif scheduler is not None:
-            scheduler.step()
+        scheduler.after_epoch(val_loss if val_loss is not None else train_loss)
+        spent += seconds
+        _check_amplitude(predicted.detach(), data.counts, config, epoch + 1, log, dist, device)
         record = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "lr": lr_used,
                   "probe_gain": module.gain, "patterns_per_s": steps * B * C / train_seconds, "seconds": seconds}
         history.append(record)
         epochs_done = epoch + 1
         if dist.main:
             _save_checkpoint(run_dir, module, optimizer, scheduler, epoch + 1, config, history,
-                             patch_log, data, device)
+                             patch_log, data, device, spent)
         val_text = "" if val_loss is None else f"  val {val_loss:.5g}"
         log(f"epoch {epoch + 1}/{config.epochs}  train {train_loss:.5g}{val_text}  lr {lr_used:.3g}  "
             f"{record['patterns_per_s']:.0f} pat/s  {seconds:.1f} s")
         if not math.isfinite(train_loss) or (val_loss is not None and not math.isfinite(val_loss)):
             raise CollapseError(f"training diverged at epoch {epoch + 1}: train loss {train_loss}, "
                                 f"validation loss {val_loss}")
-    finished = epochs_done >= config.epochs
+        if config.max_time is not None and spent >= 60.0 * config.max_time:
+            out_of_time = epoch + 1 < config.epochs
+            if out_of_time:
+                log(f"--max-time {config.max_time:g} min reached after epoch {epoch + 1} "
+                    f"({spent / 60:.1f} min of training)")
+            break
+    finished = epochs_done >= config.epochs or out_of_time
     bundle_dir = None
     if dist.main:
         if finished:
@@ -543,7 +562,9 @@ def _train(config: TrainConfig, dist: Dist, device: torch.device, run_dir: Path,
                 run_dir / RUN_BUNDLE_SUBDIR, module.net, intensity_scale=s, probe_gain=module.gain,
                 probe=data.probe, window=config.window, object_big=config.object_big,
                 local_canvas_size=data.canvas_size, training_data=data.fingerprint,
-                training={"loss": config.loss, "epochs": config.epochs, "batch_size": config.batch_size,
+                training={"loss": config.loss, "epochs": config.epochs, "epochs_done": epochs_done,
+                          "max_time_min": config.max_time, "training_seconds": spent,
+                          "grad_clip": config.grad_clip, "batch_size": config.batch_size,
                           "lr": config.lr, "lr_schedule": config.lr_schedule, "seed": config.seed,
                           "probe_gain_choice": data.probe_gain_how,
                           "probe_gain_trained": config.train_probe_gain,
@@ -560,6 +581,26 @@ def _train(config: TrainConfig, dist: Dist, device: torch.device, run_dir: Path,
     return TrainResult(history=history, run_dir=run_dir, bundle_dir=bundle_dir,
                        intensity_scale=s, probe_gain=module.gain, epochs_done=epochs_done,
                        finished=finished, model=module.net)
+
+
+def _check_amplitude(predicted: torch.Tensor, counts: dict, config: TrainConfig, epoch: int, log,
+                     dist: Dist, device) -> None:
+    """The degenerate-amplitude rule (guard.degenerate_amplitude_reason) on the epoch's last
+    training batch: a CollapseError (exit 3), or a warning line with --allow-degenerate.
+    Every process stops together."""
+    reason = guard.degenerate_amplitude_reason(guard.summarize(predicted), config.collapse_floor, counts)
+    if dist.active:
+        flag = torch.tensor([0.0 if reason is None else 1.0], device=device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        if reason is None and flag.item() > 0:
+            reason = "another process's predicted amplitude collapsed"
+    if reason is None:
+        return
+    if config.allow_degenerate:
+        log(f"warning: epoch {epoch}: {reason} (--allow-degenerate: training goes on)")
+        return
+    raise CollapseError(f"training collapsed at epoch {epoch}: {reason}. Pass --allow-degenerate to "
+                        "train on anyway")
 
 
 @torch.no_grad()
@@ -579,12 +620,13 @@ def _validate(module, data: _Data, val_ids, indices, X, offsets, s, b, config, d
     return total / count
 
 
-def _save_checkpoint(run_dir, module, optimizer, scheduler, epoch, config, history, patch_log, data, device):
+def _save_checkpoint(run_dir, module, optimizer, scheduler, epoch, config, history, patch_log, data, device,
+                     seconds):
     ckpt = {
-        "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "epoch": epoch,
+        "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "epoch": epoch, "seconds": seconds,
         "model": {k: v.detach().cpu() for k, v in module.state_dict().items()},
         "optimizer": optimizer.state_dict(),
-        "scheduler": None if scheduler is None else scheduler.state_dict(),
+        "scheduler": scheduler.state_dict(),
         "rng": _rng_state(device),
         "config": json.dumps({**config.run_dict(), "epochs": config.epochs}),
         "history": json.dumps(history),
@@ -648,6 +690,12 @@ def add_cli_arguments(p: argparse.ArgumentParser) -> None:
                    help="torch.use_deterministic_algorithms(True): bit-for-bit repeatable runs")
     t.add_argument("--resume", action="store_true",
                    help=f"continue the run in RUN from its {CHECKPOINT} (its options are reused)")
+    t.add_argument("--max-time", type=float, default=None, metavar="MIN",
+                   help="time budget in minutes: stop after the epoch that crosses it (the bundle is "
+                        "written); the cosine schedule anneals over whichever of --epochs and "
+                        "--max-time runs out first (default: no limit)")
+    t.add_argument("--grad-clip", type=float, default=None, metavar="NORM",
+                   help=f"clip the gradient norm to NORM; 0: off (default: {d.grad_clip:g})")
     t.add_argument("--stop-after-epoch", type=int, default=None, metavar="K",
                    help="stop after epoch K, as if interrupted (a job-slot limit); continue with --resume")
     m = p.add_argument_group("model")
@@ -655,8 +703,16 @@ def add_cli_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"groups of gridsize^2 neighbouring positions (default: {d.gridsize})")
     m.add_argument("--n-groups", type=int, default=None,
                    help="number of groups (default: one per position; more oversamples)")
+    m.add_argument("--arch", choices=ARCHITECTURES, default=None,
+                   help=f"generator: cnn (PtychoPINN's encoder/decoder) or ffno (factorised Fourier "
+                        f"layers + a conv refiner) (default: {d.arch})")
     m.add_argument("--width", type=float, default=None,
-                   help=f"filter-count multiplier s: conv blocks of 32s, 64s, 128s filters (default: {d.width:g})")
+                   help=f"size multiplier s: cnn conv blocks of 32s, 64s, 128s filters; ffno 32s "
+                        f"channels (default: {d.width:g})")
+    m.add_argument("--modes", type=int, default=None,
+                   help=f"ffno: Fourier modes kept per axis (default: {d.modes})")
+    m.add_argument("--blocks", type=int, default=None,
+                   help=f"ffno: Fourier blocks (default: {d.blocks})")
     m.add_argument("--amp-activation", choices=AMP_ACTIVATIONS, default=None,
                    help=f"amplitude output activation (default: {d.amp_activation})")
     m.add_argument("--window", choices=WINDOWS, default=None,
@@ -680,6 +736,9 @@ def add_cli_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"collapse when the variance of the predicted complex patches "
                         f"(var_zero_mean of real + imag) is below this "
                         f"(default: {d.collapse_floor:g})")
+    h.add_argument("--allow-degenerate", action="store_true", default=None,
+                   help="go on (with a warning) when the predicted amplitude is constant in every "
+                        "patch although the data say the object absorbs (otherwise: exit 3)")
     h.add_argument("--quiet", "-q", action="store_true", default=None, help="no progress bar or epoch lines")
 
 

@@ -28,9 +28,9 @@ def _probe():
     return (np.exp(-(r[:, None] ** 2 + r[None, :] ** 2) / 40.0) * np.exp(0.3j)).astype(np.complex64)
 
 
-def _model(gridsize=2, seed=0):
+def _model(gridsize=2, seed=0, **kw):
     torch.manual_seed(seed)
-    return PtychoPINNNet(N=N, gridsize=gridsize, width=0.25).eval()
+    return PtychoPINNNet(N=N, gridsize=gridsize, width=0.25, **kw).eval()
 
 
 def _save(path, model=None, fmt=None, **kw):
@@ -109,7 +109,11 @@ def test_missing_scale_or_gain_is_rejected(tmp_path, removed):
     (lambda i: i.update(probe_gain=None), "missing required field: probe_gain"),
     (lambda i: i.update(intensity_scale=-1.0), "intensity_scale must be a finite number > 0"),
     (lambda i: i.update(probe_gain="big"), "probe_gain must be a number"),
-    (lambda i: i.update(format_version=2), "unknown format_version 2"),
+    (lambda i: i.update(format_version=3), "unknown format_version 3"),
+    (lambda i: i["network"].pop("arch"), "missing required field: network.arch"),
+    (lambda i: i["network"].update(arch="unet"), "arch must be one of cnn, ffno"),
+    (lambda i: (i["network"].update(arch="ffno"), i["network"].pop("modes")),
+     "missing required field: network.modes"),
     (lambda i: i.update(format="something.else"), "format is 'something.else'"),
     (lambda i: i["probe"].pop("sha256"), "missing required field: probe.sha256"),
     (lambda i: (i.pop("N"), i["network"].pop("width")), "missing required fields: N, network.width"),
@@ -245,3 +249,36 @@ def test_bundle_json_records_everything(tmp_path):
     assert info["network"]["filters"] == [8, 16, 32]
     assert info["versions"]["torch"] == torch.__version__
     assert info["training_data"] == FINGERPRINT
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_ffno_round_trip_names_the_architecture(tmp_path, fmt):
+    model = _model(arch="ffno", modes=6, blocks=2)
+    path = _save(tmp_path / "b", model, fmt)
+    info = json.loads((path / "bundle.json").read_text())
+    assert info["format_version"] == bundle_mod.FORMAT_VERSION == 2
+    assert info["network"]["arch"] == "ffno" and (info["network"]["modes"], info["network"]["blocks"]) == (6, 2)
+    b = load_bundle(path)
+    assert (b.network.arch, b.network.modes, b.network.blocks) == ("ffno", 6, 2)
+    X = _X()
+    with torch.no_grad():
+        assert torch.equal(b.predict(X), model(X / SCALE))
+
+
+def test_a_version_1_bundle_still_loads_as_a_cnn(tmp_path):
+    """Bundles written before the architecture choice: format_version 1, no network.arch."""
+    model = _model(amp_activation="sigmoid")
+    path = _save(tmp_path / "b", model, "torch")
+
+    def as_version_1(info):
+        info["format_version"] = 1
+        net = info["network"]
+        for k in ("arch", "modes", "blocks"):
+            net.pop(k)
+        net["architecture"] = "ptychopinn-unet"
+    _edit_json(path, as_version_1)
+    b = load_bundle(path)
+    assert b.network.arch == "cnn" and b.network.amp_activation == "sigmoid"
+    X = _X()
+    with torch.no_grad():
+        assert torch.equal(b.predict(X), model(X / SCALE))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+
 import pytest
 import torch
 
@@ -43,3 +44,37 @@ def test_one_device_to_host_copy_per_batch(monkeypatch):
     monkeypatch.setattr(torch.Tensor, "cpu", counting)
     guard.StatsAccumulator().add(stats)
     assert calls == [(4 * len(guard.VIEWS), 4)]
+
+
+# ----------------------------------------------------------------------------- absorption
+def test_count_spread_tells_an_absorbing_object_from_a_pure_phase_one():
+    """By Parseval a pure-phase object keeps the total counts per pattern constant (Poisson
+    noise only); an absorbing one makes them vary with position."""
+    from ptycho_fast import simulate as sim
+    phase_only = sim.simulate(seed=4, N=32, n_patterns=64, photons=1e5, amp_contrast=0.0, object="mixed",
+                                forward="fourier")
+    absorbing = sim.simulate(seed=4, N=32, n_patterns=64, photons=1e5, amp_contrast=0.3, object="mixed",
+                              forward="fourier")
+    p = guard.CountSpread.of(phase_only.diffraction).summary()
+    a = guard.CountSpread.of(absorbing.diffraction).summary()
+    assert p["n_patterns"] == a["n_patterns"] == 64
+    assert not p["absorbing"] and p["excess"] < guard.ABSORPTION_SPREAD
+    assert p["std"] < 0.01 * p["mean"] < a["std"]
+    assert a["absorbing"] and a["excess"] > 3 * guard.ABSORPTION_SPREAD
+    # streamed in batches = all at once (device sums)
+    spread = guard.CountSpread()
+    X = torch.as_tensor(absorbing.diffraction)
+    for k in range(0, 64, 10):
+        spread.add(X[k:k + 10])
+    assert spread.summary() == pytest.approx(a)
+
+
+def test_degenerate_amplitude_rule():
+    flat = {"amplitude": {"var_zero_mean": 0.0, "mean": 0.9}}
+    varying = {"amplitude": {"var_zero_mean": 1e-3, "mean": 0.9}}
+    absorbing = {"absorbing": True, "excess": 0.08}
+    phase_only = {"absorbing": False, "excess": 0.0}
+    reason = guard.degenerate_amplitude_reason(flat, 1e-10, absorbing)
+    assert "data say the object absorbs" in reason and "8 %" in reason
+    assert guard.degenerate_amplitude_reason(flat, 1e-10, phase_only) is None
+    assert guard.degenerate_amplitude_reason(varying, 1e-10, absorbing) is None

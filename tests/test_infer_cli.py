@@ -16,7 +16,8 @@ import pytest
 import torch
 from PIL import Image
 
-from ptycho_fast import cli, infer, metrics
+from ptycho_fast import cli, infer, metrics, simulate
+from ptycho_fast.guard import CountSpread
 from ptycho_fast.bundle import dataset_fingerprint, load_bundle, save_bundle
 from ptycho_fast.data import PtychoDataset, load_dataset, write_npz
 from ptycho_fast.model import PtychoPINNNet
@@ -332,17 +333,37 @@ def test_guard_fires_on_a_zeroed_model(tmp_path, capsys, small_data, zeroed_mode
     assert summary["collapse_guard"]["result"] != "ok" and summary["collapse_guard"]["allow_degenerate"]
 
 
-def test_a_flat_amplitude_is_a_warning_not_a_stop(small_data):
-    """Constant amplitude with a varying phase (a pure-phase object, or an amplitude
-    collapse the complex-variance guard cannot see) is reported, and the run goes on; a
-    varying amplitude is not reported."""
-    ds = load_dataset(small_data)
-    rng = np.random.default_rng(0)
+def _pure_phase_predictor(seed=0):
+    rng = np.random.default_rng(seed)
 
     def pure_phase(X, offsets, indices):
         phase = torch.as_tensor(rng.uniform(-1, 1, tuple(X.shape)), dtype=torch.float32)
         return 0.8 * torch.polar(torch.ones_like(phase), phase)
+    return pure_phase
 
+
+def test_a_flat_amplitude_on_absorbing_data_is_a_collapse(small_data, tmp_path):
+    """A constant amplitude with a varying phase while the data say the object absorbs (the
+    sample's total counts per pattern vary far beyond Poisson noise) is the amplitude
+    collapse the complex-variance guard cannot see: exit 3, unless --allow-degenerate."""
+    ds = load_dataset(small_data)
+    counts = CountSpread.of(ds.diffraction).summary()
+    assert counts["absorbing"] and counts["excess"] > 0.02
+    with pytest.raises(infer.CollapseError, match="data say the object absorbs"):
+        infer.reconstruct(ds, _pure_phase_predictor())
+    seen = []
+    rec = infer.reconstruct(ds, _pure_phase_predictor(), allow_degenerate=True, on_warning=seen.append)
+    assert rec.degenerate and "amplitude output collapsed" in rec.degenerate and len(seen) == 1
+    assert rec.counts["absorbing"]
+
+
+def test_a_flat_amplitude_on_a_pure_phase_object_is_a_warning_not_a_stop(tmp_path):
+    """Constant amplitude with a varying phase on data whose totals are constant (a
+    pure-phase object, Parseval) is right: reported, and the run goes on; a varying
+    amplitude is not reported."""
+    ds = simulate.simulate(seed=2, N=64, n_patterns=24, photons=1e6, amp_contrast=0.0, forward="fourier")
+    assert not CountSpread.of(ds.diffraction).summary()["absorbing"]
+    pure_phase = _pure_phase_predictor()
     seen = []
     rec = infer.reconstruct(ds, pure_phase, on_warning=seen.append)
     assert rec.amplitude_flat is not None and "amplitude is constant within every patch" in rec.amplitude_flat
