@@ -2,7 +2,9 @@
 
 Reconstruct the full-field object from a dataset with a trained model bundle::
 
-    data (P patterns, positions)  --groups of C = gridsize² neighbours (data.group_positions)
+    data (P patterns, positions)  --groups of C = gridsize² neighbours (--groups cover:
+         data.cover_groups, each pattern in one group, ~P/C network inputs; every:
+         data.group_positions, one group per pattern as in training, C x the network work)
       -> batches of B groups, each reading only its patterns (data.PatternReader: an HDF5
          file streams)
       -> BundlePredictor: X / s (stored intensity scale) -> network -> object_big (gridsize > 1)
@@ -52,7 +54,7 @@ from . import coords, ops as fast_ops
 from . import result_files
 from .bundle import BundlePredictor, load_bundle
 from .coords import CanvasFrame, canvas_frame
-from .data import PatternReader, group_positions, load_dataset, load_dataset_reporting
+from .data import PatternReader, cover_groups, group_positions, load_dataset, load_dataset_reporting
 from .files import UserError
 from .guard import (DEFAULT_COLLAPSE_FLOOR, EXIT_COLLAPSE, PHASE_STATS_BATCHES, STATS_DDOF, CollapseError,
                     StatsAccumulator, amplitude_flat_note, batch_record, batch_stats, collapse_reason,
@@ -127,6 +129,7 @@ class Reconstruction:
     ops: str = "ptycho_fast"
     batch_size: int = DEFAULT_BATCH_SIZE
     seed: int = 0
+    groups: str = "cover"
     timings: dict = field(default_factory=dict)
     stats: dict = field(default_factory=dict)             # all predicted patches
     first_batch_stats: dict = field(default_factory=dict)
@@ -155,7 +158,8 @@ def _as_pair(out):
 
 def reconstruct(dataset, predictor, *, N: int | None = None, gridsize: int = 1,
                 batch_size: int = DEFAULT_BATCH_SIZE, window: str = "probe", ops: str = "ptycho_fast",
-                n_patterns: int | None = None, seed: int = 0, device="cpu", progress: bool = False,
+                n_patterns: int | None = None, seed: int = 0, groups: str = "cover", device="cpu",
+                progress: bool = False,
                 collapse_floor: float = DEFAULT_COLLAPSE_FLOOR, allow_degenerate: bool = False,
                 guard: bool = True, stats_limit: int = 0, model_intensity_scale: float | None = None,
                 on_warning=None) -> Reconstruction:
@@ -177,7 +181,9 @@ def reconstruct(dataset, predictor, *, N: int | None = None, gridsize: int = 1,
     t_start = time.perf_counter()
     device = torch.device(device)
     N, P, C = _check_arguments(dataset, N, gridsize, batch_size, window, ops, n_patterns)
-    rec, groups, top_left = _layout(dataset, N, P, int(gridsize), window, ops, int(batch_size), seed)
+    if groups not in GROUPINGS:
+        raise UserError(f"--groups: must be one of {', '.join(GROUPINGS)}, got {groups!r}")
+    rec, groups, top_left = _layout(dataset, N, P, int(gridsize), window, ops, int(batch_size), seed, groups)
     win = make_window(_WINDOW_KIND[window], N, dataset.probe, dtype=torch.float32, device=device)
     kernels = fast_ops.backend(ops)
     canvas = _Canvas(rec.frame.shape, top_left, win, N, kernels, device)
@@ -248,7 +254,8 @@ def _check_arguments(dataset, N, gridsize, batch_size, window, ops, n_patterns) 
     return N, P, C
 
 
-def _layout(dataset, N: int, P: int, gridsize: int, window: str, ops: str, batch_size: int, seed: int):
+def _layout(dataset, N: int, P: int, gridsize: int, window: str, ops: str, batch_size: int, seed: int,
+            grouping: str):
     """The canvas frame, the patches' top-left positions and the groups of the first P
     patterns: (an empty Reconstruction, the groups, top-left (P, 2) canvas pixels)."""
     positions = np.asarray(dataset.positions[:P], dtype=np.float64)
@@ -257,11 +264,12 @@ def _layout(dataset, N: int, P: int, gridsize: int, window: str, ops: str, batch
     centres = positions - frame.origin
     top_left = coords.centres_to_top_left(centres, N)
     _check_positions_hit(top_left, frame.shape, N, str(getattr(dataset, "source", "data")))
-    groups = group_positions(positions, gridsize, seed=seed)
+    groups = (cover_groups(positions, gridsize) if grouping == "cover"
+              else group_positions(positions, gridsize, seed=seed))
     rec = Reconstruction(object=None, coverage=None, covered=None, coverage_floor=COVERAGE_FLOOR,
                          frame=frame, positions=centres, N=N, gridsize=gridsize, n_patterns=P,
                          n_groups=groups.n_groups, window=window, ops=ops, batch_size=batch_size,
-                         seed=seed, group_offsets=groups.offsets)
+                         seed=seed, groups=grouping, group_offsets=groups.offsets)
     return rec, groups, top_left
 
 
@@ -397,6 +405,10 @@ class _Guard:
 
 
 # ----------------------------------------------------------------------------- the command
+#: how inference groups the patterns (gridsize > 1): --groups
+GROUPINGS = ("cover", "every")
+
+
 @dataclass
 class InferConfig:
     """Every option of ``ptycho-fast infer`` (see ``--help`` and docs/inference.md)."""
@@ -410,6 +422,7 @@ class InferConfig:
     formats: tuple = DEFAULT_FORMATS
     ops: str = "ptycho_fast"
     seed: int = 0
+    groups: str = "cover"
     debug_dump: str | None = None
     log_patch_stats: bool = False
     patch_stats_limit: int = 4
@@ -558,7 +571,7 @@ def _refine_network_image(config: InferConfig, rec: Reconstruction, data_path, d
 def _reconstruct_guarded(dataset, predictor, bundle, config: InferConfig, device, warn) -> Reconstruction:
     return reconstruct(dataset, predictor, N=bundle.N, gridsize=bundle.gridsize,
                        batch_size=config.batch_size, window=config.window, ops=config.ops,
-                       n_patterns=config.n_patterns, seed=config.seed, device=device,
+                       n_patterns=config.n_patterns, seed=config.seed, groups=config.groups, device=device,
                        progress=not config.quiet, collapse_floor=config.collapse_floor,
                        allow_degenerate=config.allow_degenerate,
                        stats_limit=config.patch_stats_limit if config.log_patch_stats else 0,
@@ -608,8 +621,13 @@ def add_cli_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--ops", choices=OPS, default=d.ops,
                    help="ptycho_fast: the compiled kernels; reference: the same computation with the "
                         "plain-PyTorch ops of ptycho_fast.reference (parity checks) (default: %(default)s)")
+    r.add_argument("--groups", choices=GROUPINGS, default=d.groups,
+                   help="gridsize > 1: cover (groups that cover the scan, each pattern in one: "
+                        "~1/gridsize^2 of the network work) or every (one group per pattern, as in "
+                        "training: each pattern predicted ~gridsize^2 times and averaged) "
+                        "(default: %(default)s)")
     r.add_argument("--seed", type=int, default=d.seed,
-                   help="seed of the neighbour grouping for gridsize > 1 models (default: %(default)s)")
+                   help="seed of the neighbour grouping for --groups every (default: %(default)s)")
     r.add_argument("--refine", type=int, default=d.refine, metavar="K",
                    help="then refine the network's image for K epochs with the physics engine (ptycho-fast "
                         f"refine's recipe) and write that result into DIR/{REFINED_DIR}/ too (default: 0, none)")
@@ -632,7 +650,7 @@ def add_cli_arguments(p: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> InferConfig:
     return InferConfig(model=args.model, data=args.data, out=args.out, device=args.device,
                        batch_size=args.batch_size, n_patterns=args.n_patterns, window=args.window,
-                       formats=tuple(args.format or ()), ops=args.ops, seed=args.seed,
+                       formats=tuple(args.format or ()), ops=args.ops, seed=args.seed, groups=args.groups,
                        debug_dump=args.debug_dump, log_patch_stats=args.log_patch_stats,
                        patch_stats_limit=args.patch_stats_limit, collapse_floor=args.collapse_floor,
                        allow_degenerate=args.allow_degenerate, quiet=args.quiet, refine=args.refine)

@@ -139,7 +139,7 @@ def _summary(config, rec: "Reconstruction", source: Source, write_time: float, t
                    "coverage_floor_is": "relative to the largest accumulated weight",
                    **rec.canvas_stats},
         "window": config.window, "ops": rec.ops, "device": str(bundle.device),
-        "batch_size_groups": rec.batch_size, "grouping_seed": rec.seed,
+        "batch_size_groups": rec.batch_size, "grouping": rec.groups, "grouping_seed": rec.seed,
         "object_big": bool(bundle.object_big and bundle.C > 1),
         "timings_s": {"network": t["network"], "stitching": t["stitching"], "io": io_time,
                       "io_detail": {"load": load_time, "read": t["read"], "write": write_time},

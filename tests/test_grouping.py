@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from scipy.spatial import cKDTree
 
 from ptycho_fast import ops
-from ptycho_fast.data import group_positions
+from ptycho_fast.data import cover_groups, group_positions
 from ptycho_fast.data.grouping import default_k_candidates
 
 
@@ -130,3 +130,24 @@ def test_properties(P, gridsize, n_groups, k, seed):
     g = group_positions(pos, gridsize, n_groups=n_groups, k_candidates=k, seed=seed)
     assert len(g) == n_groups
     check_groups(pos, g, gridsize, k)
+
+
+@pytest.mark.parametrize("gridsize", [2, 3])
+def test_cover_groups_cover_every_position_about_once_with_training_geometry(gridsize):
+    rng = np.random.default_rng(5)
+    rows, cols = np.meshgrid(np.arange(20) * 7.0, np.arange(17) * 7.0, indexing="ij")
+    pos = np.stack([rows.ravel(), cols.ravel()], 1) + rng.uniform(-1, 1, (340, 2))
+    C = gridsize ** 2
+    g = cover_groups(pos, gridsize)
+    counts = np.bincount(g.indices.ravel(), minlength=len(pos))
+    assert counts.min() == 1                                     # every position covered
+    assert g.n_groups <= 1.25 * len(pos) / C                     # ~P/C network inputs
+    assert (counts == 1).mean() > 0.75                           # most positions exactly once
+    assert all(len(set(r)) == C for r in g.indices.tolist())     # distinct members
+    np.testing.assert_allclose(g.offsets, pos[g.indices] - g.centroids[:, None, :])
+    # members come from the anchor's K nearest neighbours, as in training: no larger reach
+    train = group_positions(pos, gridsize, seed=0)
+    assert g.local_canvas_size(32) <= train.local_canvas_size(32) + 2
+    assert np.array_equal(cover_groups(pos, gridsize).indices, g.indices)  # deterministic
+    one = cover_groups(pos, 1)
+    assert np.array_equal(one.indices[:, 0], np.arange(len(pos)))

@@ -183,7 +183,8 @@ def test_debug_dump_patch_stats_ptychodus_and_reference_ops(tmp_path, capsys, sm
     out, dump = tmp_path / "out", tmp_path / "dump"
     code, stdout, err = run(capsys, "infer", "--model", infer.SAMPLE_MODEL, "--data", small_data,
                             "--out", out, "--debug-dump", dump, "--log-patch-stats", "--patch-stats-limit", 2,
-                            "--batch-size", 10, "--format", "h5,ptychodus", "--ops", "reference", "-q")
+                            "--batch-size", 10, "--format", "h5,ptychodus", "--ops", "reference", "-q",
+                            "--groups", "every")
     assert code == 0 and stdout == "" and err == "", err
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["object.npz", "object.h5", "object_ptychodus.h5", "amplitude.png", "phase.png", "summary.json",
@@ -210,7 +211,7 @@ def test_debug_dump_patch_stats_ptychodus_and_reference_ops(tmp_path, capsys, sm
                 im.verify()
     # the same inference through the compiled kernels gives the same object
     code, _, err = run(capsys, "infer", "--model", infer.SAMPLE_MODEL, "--data", small_data,
-                       "--out", tmp_path / "fast", "--format", "npz", "-q")
+                       "--out", tmp_path / "fast", "--format", "npz", "-q", "--groups", "every")
     assert code == 0, err
     assert sorted(p.name for p in (tmp_path / "fast").iterdir()) == sorted(   # --format adds to the defaults
         ["object.npz", "object.h5", "amplitude.png", "phase.png", "summary.json"])

@@ -19,7 +19,7 @@ import h5py
 
 from .dataset import (DataError, DataWarning, Metadata, PtychoDataset, UserError, atomic_output,
                       list_names)
-from .grouping import Groups, group_positions
+from .grouping import Groups, cover_groups, group_positions
 from .hdf5 import H5DatasetWriter, LazyDiffraction, is_our_h5, read_h5, write_h5
 from .npz import read_npz, write_npz
 from .pattern_reader import PatternReader
@@ -29,7 +29,7 @@ from .ptychodus import (PRODUCT_FILE, is_ptychodus_diffraction, is_ptychodus_pro
 
 __all__ = [
     "DataError", "DataWarning", "UserError", "Metadata", "PtychoDataset", "atomic_output",
-    "Groups", "group_positions", "LazyDiffraction", "H5DatasetWriter", "PatternReader",
+    "Groups", "group_positions", "cover_groups", "LazyDiffraction", "H5DatasetWriter", "PatternReader",
     "read_npz", "write_npz", "read_h5", "write_h5", "read_ptychodus", "write_ptychodus",
     "write_ptychodus_product", "write_ptychodus_pair", "ptychodus_only_fields",
     "load_dataset", "save_dataset", "detect_format", "format_from_suffix", "FORMATS", "PatternReader",

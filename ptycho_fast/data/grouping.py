@@ -9,6 +9,10 @@ keys; no Python loop over positions (10^5 positions group in well under a second
 ``n_groups`` defaults to one group per position. Fewer picks distinct anchors at random;
 more **oversamples**: every position anchors ``n_groups // P`` groups and a random
 ``n_groups % P`` of them one more, each group drawing its own random neighbours.
+
+:func:`cover_groups` is inference's cheaper layout: groups of the same kind (an anchor and
+C-1 of its K nearest neighbours) that **cover** the scan, each position in one group where
+it can be (about P/C groups instead of P: one network call per C patterns).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from scipy.spatial import cKDTree
 
 from .. import coords
 
-__all__ = ["Groups", "group_positions", "default_k_candidates"]
+__all__ = ["Groups", "group_positions", "cover_groups", "default_k_candidates"]
 
 
 def default_k_candidates(C: int) -> int:
@@ -119,3 +123,44 @@ def group_positions(positions, gridsize: int = 1, n_groups: int | None = None,
     centroids = member_pos.mean(axis=1)
     offsets = member_pos - centroids[:, None, :]
     return Groups(indices=indices, centroids=centroids, offsets=offsets, gridsize=gridsize)
+
+
+def cover_groups(positions, gridsize: int = 1, k_candidates: int | None = None) -> Groups:
+    """Groups of C = gridsize² that cover every position, each in one group where it can be.
+
+    Greedy in scan order: the first position not yet in a group anchors one, with the
+    nearest C-1 of its K nearest neighbours (K as :func:`group_positions`: the same group
+    geometry, so the same local canvas) that are not in a group yet; where fewer than C-1
+    are left, the nearest already-grouped ones fill the group (a few positions are then
+    predicted twice). Deterministic; no randomness.
+    """
+    pos = np.asarray(positions, dtype=np.float64)
+    gridsize = int(gridsize)
+    if gridsize == 1 or pos.ndim != 2 or pos.shape[1] != 2 or pos.shape[0] < gridsize * gridsize:
+        return group_positions(pos, gridsize, k_candidates=k_candidates, seed=0)  # its checks
+    if not np.isfinite(pos).all():
+        raise ValueError("positions contain NaN or Inf")
+    C, P = gridsize * gridsize, pos.shape[0]
+    K = min(default_k_candidates(C) if k_candidates is None else int(k_candidates), P)
+    if K < C:
+        raise ValueError(f"k_candidates must be >= C = {C} (gridsize {gridsize}), got {K}")
+    _, nbrs = cKDTree(pos).query(pos, k=K)
+    nbrs = np.asarray(nbrs, dtype=np.int64).reshape(P, K)
+    grouped = np.zeros(P, dtype=bool)
+    rows = []
+    for anchor in range(P):
+        if grouped[anchor]:
+            continue
+        cand = nbrs[anchor][nbrs[anchor] != anchor]
+        free = cand[~grouped[cand]]
+        members = list(free[:C - 1])
+        if len(members) < C - 1:  # fill with the nearest grouped ones (in distance order)
+            members += [int(c) for c in cand if c not in members][:C - 1 - len(members)]
+        row = [anchor] + [int(m) for m in members]
+        grouped[row] = True
+        rows.append(row)
+    indices = np.asarray(rows, dtype=np.int64)
+    member_pos = pos[indices]
+    centroids = member_pos.mean(axis=1)
+    return Groups(indices=indices, centroids=centroids, offsets=member_pos - centroids[:, None, :],
+                  gridsize=gridsize)
