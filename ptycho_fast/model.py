@@ -1,4 +1,4 @@
-"""The PINN generators (docs/design.md §1, docs/training.md §"Architectures").
+"""The PINN generators (docs/design.md §1, docs/training.md §1).
 
 Input: C = gridsize² channels of **normalised** diffraction amplitudes ``X / s``
 (``physics.network_input``), shape (B, C, N, N). Output: C complex object patches
@@ -21,7 +21,7 @@ Two architectures (``NetworkConfig.arch``), the same heads:
 
 Amplitude = ``exp`` (the default: any transmission > 0, which a probe gain fitted by
 Parseval on an absorbing object needs — the measured amplitudes then imply transmissions
-above 1; docs/training.md §"Diagnosis"), ``sigmoid`` (transmission in (0, 1), PtychoPINN's)
+above 1; docs/training.md §11), ``sigmoid`` (transmission in (0, 1), PtychoPINN's)
 or ``silu`` of the head; phase = ``pi * tanh``.
 """
 
