@@ -112,7 +112,9 @@ def loss_curve_png(x: Sequence[float], series: Mapping[str, Sequence[float | Non
     fig = _figure((6, 4))
     ax = fig.add_subplot()
     values = []
-    for (name, ys), style in zip(series.items(), ("o-", "s-", "^-", "d-")):
+    styles = ("o-", "s-", "^-", "d-", "v-", "x-", "*-", "+-")
+    for k, (name, ys) in enumerate(series.items()):  # every series drawn (styles cycle)
+        style = styles[k % len(styles)]
         y = np.array([np.nan if v is None else float(v) for v in ys])
         if np.isfinite(y).any():
             ax.plot(x, y, style if markers else "-", label=name, markersize=3)
