@@ -188,9 +188,12 @@ class CountSpread:
                 "absorbing": bool(mean > 0 and excess > ABSORPTION_SPREAD and var > 4 * mean)}
 
     @classmethod
-    def of(cls, X) -> "CountSpread":
-        spread = cls()
-        spread.add(torch.as_tensor(X))
+    def of(cls, X, chunk: int = 4096) -> "CountSpread":
+        """The spread of a whole (P, N, N) array, in chunks (a float64 copy of ``chunk``
+        patterns at a time, not of the whole file)."""
+        spread, X = cls(), torch.as_tensor(X)
+        for start in range(0, X.shape[0], chunk):
+            spread.add(X[start:start + chunk])
         return spread
 
 

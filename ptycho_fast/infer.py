@@ -331,7 +331,7 @@ class _Monitor:
 
     def intensity_scale(self) -> float:
         """sqrt(mean_p sum X_p^2) / (N/2) of the patterns read so far."""
-        return math.sqrt(float(self.counts.s1) / max(self.counts.n, 1)) / (self.rec.N / 2)
+        return math.sqrt(self.counts.summary()["mean"]) / (self.rec.N / 2)
 
     def add_patches(self, raw: torch.Tensor, k: int) -> None:
         rec = self.rec

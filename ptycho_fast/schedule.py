@@ -73,4 +73,4 @@ class Schedule:
         cosine rate is recomputed from the step, so only a plateau state matters)."""
         if self.plateau is None or not state:
             return
-        self.plateau.load_state_dict(state.get("plateau", state) if "kind" in state else state)
+        self.plateau.load_state_dict(state["plateau"] if "kind" in state else state)

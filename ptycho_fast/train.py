@@ -503,11 +503,7 @@ def _train(config: TrainConfig, dist: Dist, device: torch.device, run_dir: Path,
                 predicted, loss = loss_of(Xb, off)
                 if config.log_patch_stats and k < config.patch_stats_limit:
                     record, reason = _patch_record(predicted.detach(), epoch + 1, k, config.collapse_floor)
-                    if dist.active:  # every rank stops together
-                        flag = torch.tensor([0.0 if reason is None else 1.0], device=device)
-                        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-                        if reason is None and flag.item() > 0:
-                            reason = "another process's predicted patches collapsed"
+                    reason = _on_every_rank(reason, dist, device, "another process's predicted patches collapsed")
                     patch_log.append(record)
                     if reason is not None:
                         if dist.main:
@@ -583,17 +579,23 @@ def _train(config: TrainConfig, dist: Dist, device: torch.device, run_dir: Path,
                        finished=finished, model=module.net)
 
 
+def _on_every_rank(reason: str | None, dist: Dist, device, elsewhere: str) -> str | None:
+    """``reason`` on this process, or ``elsewhere`` when only another process has one: every
+    process stops together (one all-reduce; nothing without DDP)."""
+    if not dist.active:
+        return reason
+    flag = torch.tensor([0.0 if reason is None else 1.0], device=device)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    return elsewhere if reason is None and flag.item() > 0 else reason
+
+
 def _check_amplitude(predicted: torch.Tensor, counts: dict, config: TrainConfig, epoch: int, log,
                      dist: Dist, device) -> None:
     """The degenerate-amplitude rule (guard.degenerate_amplitude_reason) on the epoch's last
     training batch: a CollapseError (exit 3), or a warning line with --allow-degenerate.
     Every process stops together."""
     reason = guard.degenerate_amplitude_reason(guard.summarize(predicted), config.collapse_floor, counts)
-    if dist.active:
-        flag = torch.tensor([0.0 if reason is None else 1.0], device=device)
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        if reason is None and flag.item() > 0:
-            reason = "another process's predicted amplitude collapsed"
+    reason = _on_every_rank(reason, dist, device, "another process's predicted amplitude collapsed")
     if reason is None:
         return
     if config.allow_degenerate:

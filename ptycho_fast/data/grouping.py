@@ -72,24 +72,10 @@ def group_positions(positions, gridsize: int = 1, n_groups: int | None = None,
 
     Deterministic for a given ``seed`` (an int or a ``numpy.random.Generator``).
     """
-    pos = np.asarray(positions, dtype=np.float64)
-    if pos.ndim != 2 or pos.shape[1] != 2:
-        raise ValueError(f"positions must be (P, 2) (row, col), got shape {pos.shape}")
-    if not np.isfinite(pos).all():
-        raise ValueError("positions contain NaN or Inf")
-    gridsize = int(gridsize)
-    if gridsize < 1:
-        raise ValueError(f"gridsize must be >= 1, got {gridsize}")
-    C, P = gridsize * gridsize, pos.shape[0]
-    if P < C:
-        raise ValueError(f"gridsize {gridsize} needs groups of {C} positions but there are only {P}")
+    pos, gridsize, C, P, K = _checked(positions, gridsize, k_candidates)
     G = P if n_groups is None else int(n_groups)
     if G < 1:
         raise ValueError(f"n_groups must be >= 1, got {G}")
-    K = default_k_candidates(C) if k_candidates is None else int(k_candidates)
-    if K < C:
-        raise ValueError(f"k_candidates must be >= C = {C} (gridsize {gridsize}), got {K}")
-    K = min(K, P)
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
 
     # Anchors: each position once (in order), a random subset, or oversampled.
@@ -119,10 +105,35 @@ def group_positions(positions, gridsize: int = 1, n_groups: int | None = None,
         members = np.take_along_axis(nbrs[:, 1:], pick, axis=1)
         indices = np.concatenate([nbrs[:, :1], members], axis=1)
 
+    return _groups(pos, indices, gridsize)
+
+
+def _checked(positions, gridsize, k_candidates) -> tuple[np.ndarray, int, int, int, int]:
+    """(positions as (P, 2) float64, gridsize, C, P, K candidates clamped to P), or the
+    ValueError naming the bad argument (shared by both layouts)."""
+    pos = np.asarray(positions, dtype=np.float64)
+    if pos.ndim != 2 or pos.shape[1] != 2:
+        raise ValueError(f"positions must be (P, 2) (row, col), got shape {pos.shape}")
+    if not np.isfinite(pos).all():
+        raise ValueError("positions contain NaN or Inf")
+    gridsize = int(gridsize)
+    if gridsize < 1:
+        raise ValueError(f"gridsize must be >= 1, got {gridsize}")
+    C, P = gridsize * gridsize, pos.shape[0]
+    if P < C:
+        raise ValueError(f"gridsize {gridsize} needs groups of {C} positions but there are only {P}")
+    K = default_k_candidates(C) if k_candidates is None else int(k_candidates)
+    if K < C:
+        raise ValueError(f"k_candidates must be >= C = {C} (gridsize {gridsize}), got {K}")
+    return pos, gridsize, C, P, min(K, P)
+
+
+def _groups(pos: np.ndarray, indices: np.ndarray, gridsize: int) -> Groups:
+    """Groups of the member ``indices`` (G, C): centroids and member - centroid offsets."""
     member_pos = pos[indices]                                         # (G, C, 2)
     centroids = member_pos.mean(axis=1)
-    offsets = member_pos - centroids[:, None, :]
-    return Groups(indices=indices, centroids=centroids, offsets=offsets, gridsize=gridsize)
+    return Groups(indices=indices, centroids=centroids, offsets=member_pos - centroids[:, None, :],
+                  gridsize=gridsize)
 
 
 def cover_groups(positions, gridsize: int = 1, k_candidates: int | None = None) -> Groups:
@@ -134,16 +145,9 @@ def cover_groups(positions, gridsize: int = 1, k_candidates: int | None = None) 
     are left, the nearest already-grouped ones fill the group (a few positions are then
     predicted twice). Deterministic; no randomness.
     """
-    pos = np.asarray(positions, dtype=np.float64)
-    gridsize = int(gridsize)
-    if gridsize == 1 or pos.ndim != 2 or pos.shape[1] != 2 or pos.shape[0] < gridsize * gridsize:
-        return group_positions(pos, gridsize, k_candidates=k_candidates, seed=0)  # its checks
-    if not np.isfinite(pos).all():
-        raise ValueError("positions contain NaN or Inf")
-    C, P = gridsize * gridsize, pos.shape[0]
-    K = min(default_k_candidates(C) if k_candidates is None else int(k_candidates), P)
-    if K < C:
-        raise ValueError(f"k_candidates must be >= C = {C} (gridsize {gridsize}), got {K}")
+    pos, gridsize, C, P, K = _checked(positions, gridsize, k_candidates)
+    if C == 1:
+        return _groups(pos, np.arange(P, dtype=np.int64)[:, None], gridsize)
     _, nbrs = cKDTree(pos).query(pos, k=K)
     nbrs = np.asarray(nbrs, dtype=np.int64).reshape(P, K)
     grouped = np.zeros(P, dtype=bool)
@@ -159,8 +163,4 @@ def cover_groups(positions, gridsize: int = 1, k_candidates: int | None = None) 
         row = [anchor] + [int(m) for m in members]
         grouped[row] = True
         rows.append(row)
-    indices = np.asarray(rows, dtype=np.int64)
-    member_pos = pos[indices]
-    centroids = member_pos.mean(axis=1)
-    return Groups(indices=indices, centroids=centroids, offsets=member_pos - centroids[:, None, :],
-                  gridsize=gridsize)
+    return _groups(pos, np.asarray(rows, dtype=np.int64), gridsize)
