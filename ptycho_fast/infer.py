@@ -2,9 +2,10 @@
 
 Reconstruct the full-field object from a dataset with a trained model bundle::
 
-    data (P patterns, positions)  --groups of C = gridsize² neighbours (--groups cover:
-         data.cover_groups, each pattern in one group, ~P/C network inputs; every:
-         data.group_positions, one group per pattern as in training, C x the network work)
+    data (P patterns, positions)  --groups of C = gridsize² neighbours (--groups every, the
+         default: data.group_positions, one group per pattern as in training, each pattern
+         predicted ~C times and averaged; cover: data.cover_groups, each pattern in one
+         group, ~P/C network inputs: faster, measurably worse images, docs/inference.md)
       -> batches of B groups, each reading only its patterns (data.PatternReader: an HDF5
          file streams)
       -> BundlePredictor: X / s (stored intensity scale) -> network -> object_big (gridsize > 1)
@@ -129,7 +130,7 @@ class Reconstruction:
     ops: str = "ptycho_fast"
     batch_size: int = DEFAULT_BATCH_SIZE
     seed: int = 0
-    groups: str = "cover"
+    groups: str = "every"
     timings: dict = field(default_factory=dict)
     stats: dict = field(default_factory=dict)             # all predicted patches
     first_batch_stats: dict = field(default_factory=dict)
@@ -158,7 +159,7 @@ def _as_pair(out):
 
 def reconstruct(dataset, predictor, *, N: int | None = None, gridsize: int = 1,
                 batch_size: int = DEFAULT_BATCH_SIZE, window: str = "probe", ops: str = "ptycho_fast",
-                n_patterns: int | None = None, seed: int = 0, groups: str = "cover", device="cpu",
+                n_patterns: int | None = None, seed: int = 0, groups: str = "every", device="cpu",
                 progress: bool = False,
                 collapse_floor: float = DEFAULT_COLLAPSE_FLOOR, allow_degenerate: bool = False,
                 guard: bool = True, stats_limit: int = 0, model_intensity_scale: float | None = None,
@@ -422,7 +423,7 @@ class InferConfig:
     formats: tuple = DEFAULT_FORMATS
     ops: str = "ptycho_fast"
     seed: int = 0
-    groups: str = "cover"
+    groups: str = "every"
     debug_dump: str | None = None
     log_patch_stats: bool = False
     patch_stats_limit: int = 4
@@ -622,10 +623,10 @@ def add_cli_arguments(p: argparse.ArgumentParser) -> None:
                    help="ptycho_fast: the compiled kernels; reference: the same computation with the "
                         "plain-PyTorch ops of ptycho_fast.reference (parity checks) (default: %(default)s)")
     r.add_argument("--groups", choices=GROUPINGS, default=d.groups,
-                   help="gridsize > 1: cover (groups that cover the scan, each pattern in one: "
-                        "~1/gridsize^2 of the network work) or every (one group per pattern, as in "
-                        "training: each pattern predicted ~gridsize^2 times and averaged) "
-                        "(default: %(default)s)")
+                   help="gridsize > 1: every (one group per pattern, as in training: each pattern "
+                        "predicted ~gridsize^2 times and averaged) or cover (groups that cover the "
+                        "scan, each pattern in one: ~1/gridsize^2 of the network work, slightly worse "
+                        "images) (default: %(default)s)")
     r.add_argument("--seed", type=int, default=d.seed,
                    help="seed of the neighbour grouping for --groups every (default: %(default)s)")
     r.add_argument("--refine", type=int, default=d.refine, metavar="K",
