@@ -175,7 +175,7 @@ def training_time_split(model_dir: Path, data_path: Path, batch_size: int, steps
 
     def step(X, offsets):
         optimizer.zero_grad(set_to_none=True)
-        _, amplitude = module(physics.network_input(X, bundle.intensity_scale), offsets)
+        _, amplitude = module(bundle.network_input(X), offsets)
         physics.poisson_nll(amplitude, X).backward()
         optimizer.step()
 

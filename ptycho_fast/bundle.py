@@ -50,9 +50,11 @@ __all__ = [
 
 FORMAT = "ptycho_fast.model_bundle"
 #: 2 names the generator (network.arch, and for ffno network.modes / network.blocks);
-#: a version-1 bundle is a CNN (it predates the choice) and still loads
-FORMAT_VERSION = 2
-SUPPORTED_VERSIONS = (1, 2)
+#: a version-1 bundle is a CNN (it predates the choice) and still loads;
+#: 3 names the network input (network.input: amplitude or backprojection); versions 1
+#: and 2 predate the choice and load as "amplitude", the only input they knew
+FORMAT_VERSION = 3
+SUPPORTED_VERSIONS = (1, 2, 3)
 BUNDLE_JSON = "bundle.json"
 PROBE_FILE = "probe.npy"
 WEIGHTS_SAFETENSORS = "weights.safetensors"
@@ -109,6 +111,9 @@ class Bundle:
     network: NetworkConfig
     intensity_scale: float
     probe_gain: float
+    #: the gain the backprojection input divides by: the probe gain at the start of
+    #: training (differs from probe_gain only when the gain was trained)
+    input_gain: float
     probe: np.ndarray
     window: str
     object_big: bool
@@ -143,11 +148,19 @@ class Bundle:
     def probe_tensor(self, device=None) -> torch.Tensor:
         return torch.as_tensor(self.probe, device=device)
 
+    def input_transform(self) -> physics.InputTransform:
+        """The training run's network input (kind, stored scale, probe and gain)."""
+        if getattr(self, "_transform", None) is None:
+            self._transform = physics.InputTransform(self.network.input, self.intensity_scale,
+                                                     self.probe, self.input_gain)
+        return self._transform
+
     def network_input(self, X) -> torch.Tensor:
-        """Measured amplitudes (…, C, N, N) in count units -> the network input ``X / s``
-        with the **stored** intensity scale."""
+        """Measured amplitudes (B, C, N, N) in count units -> the network input: ``X / s``
+        with the **stored** intensity scale, and for ``network.input = backprojection``
+        also the back-projected patches (physics.InputTransform)."""
         X = torch.as_tensor(X, dtype=torch.float32, device=self.device)
-        return physics.network_input(X, self.intensity_scale)
+        return self.input_transform()(X)
 
     @torch.no_grad()
     def predict(self, X) -> torch.Tensor:
@@ -218,7 +231,7 @@ def _short(value, limit: int = 60) -> str:
 
 
 def save_bundle(path, model: PtychoPINNNet, *, intensity_scale: float, probe_gain: float,
-                probe, window: str = "probe", object_big: bool = True,
+                probe, input_gain: float | None = None, window: str = "probe", object_big: bool = True,
                 local_canvas_size: int | None = None, training_data: dict | None = None,
                 training: dict | None = None, weights_format: str | None = None) -> Path:
     """Write ``model`` and its settings as a bundle directory at ``path`` (atomically).
@@ -226,10 +239,13 @@ def save_bundle(path, model: PtychoPINNNet, *, intensity_scale: float, probe_gai
     ``training_data``: :func:`dataset_fingerprint` of the training set (required to have a
     'fingerprint'); ``training``: free-form facts about the run (loss, epochs, ...).
     ``weights_format``: 'safetensors' (default when importable) or 'torch'.
+    ``input_gain``: the gain the network input was computed with (Bundle.input_gain;
+    default ``probe_gain``, which it is unless the gain was trained).
     """
     path = Path(path)
     s = _positive("intensity_scale", intensity_scale)
     g = _positive("probe_gain", probe_gain)
+    gi = g if input_gain is None else _positive("input_gain", input_gain)
     if window not in WINDOWS:
         raise BundleError(f"window must be one of {', '.join(WINDOWS)}, got {window!r}")
     cfg = model.config
@@ -263,7 +279,8 @@ def save_bundle(path, model: PtychoPINNNet, *, intensity_scale: float, probe_gai
             "N": cfg.N,
             "gridsize": cfg.gridsize,
             "network": {"arch": cfg.arch, "width": cfg.width, "amp_activation": cfg.amp_activation,
-                        "filters": list(cfg.filters), "modes": cfg.modes, "blocks": cfg.blocks},
+                        "filters": list(cfg.filters), "modes": cfg.modes, "blocks": cfg.blocks,
+                        "input": cfg.input, "input_gain": gi},
             "intensity_scale": s,
             "probe_gain": g,
             "probe": {"file": PROBE_FILE, "shape": list(probe.shape), "dtype": "complex64",
@@ -310,6 +327,8 @@ def _get(info: dict, dotted: str):
 
 #: what a version-2 bundle must have besides REQUIRED_FIELDS (per architecture)
 REQUIRED_V2 = {"cnn": ("network.arch",), "ffno": ("network.arch", "network.modes", "network.blocks")}
+#: and what version 3 adds
+REQUIRED_V3 = ("network.input", "network.input_gain")
 
 
 def _check_fields(info: dict, where: str) -> None:
@@ -319,6 +338,8 @@ def _check_fields(info: dict, where: str) -> None:
         net = info.get("network")
         arch = net.get("arch") if isinstance(net, dict) else None
         required += REQUIRED_V2.get(arch, ("network.arch",))
+    if info.get("format_version") not in (1, 2):
+        required += REQUIRED_V3
     for name in required:
         try:
             value = _get(info, name)
@@ -451,13 +472,17 @@ def load_bundle(path, device="cpu") -> Bundle:
 
     s = _positive(f"{where}: intensity_scale", info["intensity_scale"])
     g = _positive(f"{where}: probe_gain", info["probe_gain"])
+    gi = g if version in (1, 2) else _positive(f"{where}: network.input_gain", info["network"]["input_gain"])
     try:
         net = info["network"]
         arch = "cnn" if version == 1 else net["arch"]
         extra = {"modes": net["modes"], "blocks": net["blocks"]} if arch == "ffno" else {}
+        kind = "amplitude" if version in (1, 2) else net["input"]
+        if not isinstance(kind, str):
+            raise ValueError(f"network.input must be a string, got {_short(kind)}")
         config = NetworkConfig(N=info["N"], gridsize=info["gridsize"], width=net["width"],
                                amp_activation=net["amp_activation"], filters=net["filters"],
-                               arch=arch, **extra)
+                               arch=arch, input=kind, **extra)
     except (ValueError, TypeError, OverflowError) as exc:
         raise BundleError(f"{where}: bad network settings: {exc}") from None
     try:  # the parameter shapes, allocating nothing (a huge gridsize or width must not)
@@ -513,7 +538,7 @@ def load_bundle(path, device="cpu") -> Bundle:
     model = PtychoPINNNet(config)  # only now: its size matches the weights file's
     model.load_state_dict(state)
     model.eval().to(device)
-    return Bundle(model=model, network=config, intensity_scale=s, probe_gain=g,
+    return Bundle(model=model, network=config, intensity_scale=s, probe_gain=g, input_gain=gi,
                   probe=probe.astype(np.complex64), window=ob["window"],
                   object_big=bool(ob["enabled"]), local_canvas_size=canvas, info=info,
                   path=bundle_dir)

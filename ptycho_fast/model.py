@@ -1,7 +1,10 @@
 """The PINN generators (docs/design.md §1, docs/training.md §1).
 
-Input: C = gridsize² channels of **normalised** diffraction amplitudes ``X / s``
-(``physics.network_input``), shape (B, C, N, N). Output: C complex object patches
+Input (``NetworkConfig.input``, built by ``physics.InputTransform``): ``amplitude`` — C =
+gridsize² channels of **normalised** diffraction amplitudes ``X / s``, (B, C, N, N);
+``backprojection`` — those plus the real and imaginary parts of each pattern propagated
+back through the probe (``physics.backprojection``), (B, 3C, N, N): a first image of the
+patch, aligned with the output. Output: C complex object patches
 ``amplitude * exp(i * phase)``, shape (B, C, N, N).
 
 Two architectures (``NetworkConfig.arch``), the same heads:
@@ -10,9 +13,12 @@ Two architectures (``NetworkConfig.arch``), the same heads:
   counts. Encoder: conv blocks of ``32s, 64s, 128s`` filters for N = 32 or 64 (``16s, 32s,
   64s, 128s`` for N = 128); each block is two 3x3 convolutions with ReLU and a 2x2 max-pool.
   Two decoders with separate weights (amplitude, phase) mirror it: per level two 3x3
-  convolutions with ReLU and a 2x nearest upsampling, then a 3x3 convolution to C channels.
+  convolutions with ReLU and a 2x nearest upsampling, then a 3x3 convolution to C channels
+  (with the backprojection input: a 3x3 convolution to 32s channels with ReLU on the
+  upsampled features concatenated with the input, then the 3x3 to C — a full-resolution
+  skip, as the 8x8 bottleneck cannot carry the backprojection's detail).
 * ``ffno``: a factorised Fourier neural operator at constant resolution (Tran et al. 2023,
-  as PtychoPINN's FFNO generator): a 1x1 lift of the C inputs and two coordinate channels
+  as PtychoPINN's FFNO generator): a 1x1 lift of the C (or 3C) inputs and two coordinate channels
   to ``round(32 s)`` channels; ``blocks`` residual blocks ``x + W2 gelu(W1 K(x))`` where K
   mixes channels on the lowest ``modes`` frequencies along y and along x separately
   (``torch.fft.rfft``, one complex weight per mode and channel pair); a refiner of two 3x3
@@ -32,6 +38,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
+
+from .physics import INPUT_KINDS, InputTransform
 
 __all__ = ["NetworkConfig", "PtychoPINNNet", "SUPPORTED_N", "ARCHITECTURES", "AMP_ACTIVATIONS",
            "LOG_AMPLITUDE_LIMIT", "encoder_filters", "ffno_channels"]
@@ -66,6 +74,7 @@ class NetworkConfig:
     arch: str = "cnn"
     modes: int = 12      # ffno: Fourier modes kept per axis
     blocks: int = 4      # ffno: Fourier blocks
+    input: str = "amplitude"   # physics.INPUT_KINDS: what the network sees per pattern
 
     def __post_init__(self) -> None:
         self.N, self.gridsize, self.width = int(self.N), int(self.gridsize), float(self.width)
@@ -85,6 +94,8 @@ class NetworkConfig:
             raise ValueError(f"modes must be in [1, N/2 + 1 = {self.N // 2 + 1}], got {self.modes}")
         if self.blocks < 1:
             raise ValueError(f"blocks must be >= 1, got {self.blocks}")
+        if self.input not in INPUT_KINDS:
+            raise ValueError(f"input must be one of {', '.join(INPUT_KINDS)}, got {self.input!r}")
         expected = encoder_filters(self.N, self.width) if self.arch == "cnn" else []
         if self.filters and list(self.filters) != expected:
             raise ValueError(f"filters {list(self.filters)} do not match N = {self.N}, arch "
@@ -94,6 +105,11 @@ class NetworkConfig:
     @property
     def C(self) -> int:  # noqa: N802
         return self.gridsize ** 2
+
+    @property
+    def in_channels(self) -> int:
+        """Input channels: C (amplitude) or 3C (backprojection: X / s, Re O0, Im O0)."""
+        return InputTransform.channels(self.input, self.C)
 
     @property
     def channels(self) -> int:
@@ -121,16 +137,27 @@ class _UpBlock(nn.Sequential):
 
 
 class _Decoder(nn.Module):
-    def __init__(self, filters: list[int], C: int):
+    """Mirrored encoder, then the head. ``skip`` > 0 (the backprojection input): the head
+    also sees the network input at full resolution (concatenated) through a hidden 3x3
+    layer — the backprojection is an image aligned with the output, and the 8x8
+    bottleneck alone cannot carry its detail."""
+
+    def __init__(self, filters: list[int], C: int, skip: int = 0):
         super().__init__()
         # mirrored encoder: e.g. [32s, 64s, 128s] -> up blocks 64s, 32s, 32s
         outs = list(reversed(filters))[1:] + [filters[0]]
         cins = [filters[-1]] + outs[:-1]
         self.blocks = nn.Sequential(*[_UpBlock(i, o) for i, o in zip(cins, outs)])
-        self.head = _conv(outs[-1], C)
+        self.skip = skip
+        if skip:
+            self.head = nn.Sequential(_conv(outs[-1] + skip, filters[0]), nn.ReLU(inplace=True),
+                                      _conv(filters[0], C))
+        else:
+            self.head = _conv(outs[-1], C)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.head(self.blocks(z))
+    def forward(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        y = self.blocks(z)
+        return self.head(torch.cat([y, x], dim=1) if self.skip else y)
 
 
 class _FactorizedSpectralConv(nn.Module):
@@ -177,7 +204,7 @@ class _FFNO(nn.Module):
     def __init__(self, cfg: NetworkConfig):
         super().__init__()
         ch, half = cfg.channels, max(1, cfg.channels // 2)
-        self.lift = nn.Conv2d(cfg.C + 2, ch, 1)
+        self.lift = nn.Conv2d(cfg.in_channels + 2, ch, 1)
         self.blocks = nn.Sequential(*[_FourierBlock(ch, cfg.modes) for _ in range(cfg.blocks)])
         self.refiner = nn.Sequential(nn.Conv2d(ch, half, 3, padding=1), nn.GELU(),
                                      nn.Conv2d(half, half, 3, padding=1), nn.GELU())
@@ -205,9 +232,10 @@ class PtychoPINNNet(nn.Module):
         cfg = self.config
         if cfg.arch == "cnn":
             f = cfg.filters
-            self.encoder = nn.Sequential(*[_DownBlock(i, o) for i, o in zip([cfg.C] + f[:-1], f)])
-            self.amplitude_decoder = _Decoder(f, cfg.C)
-            self.phase_decoder = _Decoder(f, cfg.C)
+            self.encoder = nn.Sequential(*[_DownBlock(i, o) for i, o in zip([cfg.in_channels] + f[:-1], f)])
+            skip = cfg.in_channels if cfg.input == "backprojection" else 0
+            self.amplitude_decoder = _Decoder(f, cfg.C, skip)
+            self.phase_decoder = _Decoder(f, cfg.C, skip)
         else:
             self.ffno = _FFNO(cfg)
 
@@ -215,13 +243,14 @@ class PtychoPINNNet(nn.Module):
         if self.config.arch == "ffno":
             return self.ffno(x)
         z = self.encoder(x)
-        return self.amplitude_decoder(z), self.phase_decoder(z)
+        return self.amplitude_decoder(z, x), self.phase_decoder(z, x)
 
     def _check_input(self, x: torch.Tensor) -> None:
         cfg = self.config
-        if x.dim() != 4 or x.shape[1] != cfg.C or x.shape[-2:] != (cfg.N, cfg.N):
-            raise ValueError(f"network input must be (B, C, N, N) = (B, {cfg.C}, {cfg.N}, {cfg.N}) "
-                             f"(gridsize {cfg.gridsize}), got {tuple(x.shape)}")
+        if x.dim() != 4 or x.shape[1] != cfg.in_channels or x.shape[-2:] != (cfg.N, cfg.N):
+            what = "C" if cfg.input == "amplitude" else "3C"
+            raise ValueError(f"network input must be (B, {what}, N, N) = (B, {cfg.in_channels}, {cfg.N}, "
+                             f"{cfg.N}) (gridsize {cfg.gridsize}, input {cfg.input}), got {tuple(x.shape)}")
 
     def amplitude_phase(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(amplitude, phase), each (B, C, N, N) real."""

@@ -35,7 +35,8 @@ import torch
 __all__ = [
     "diffraction_amplitude", "mean_pattern_energy", "intensity_scale", "probe_gain",
     "illuminate", "far_field", "safe_sqrt", "predicted_amplitude", "network_input",
-    "poisson_nll", "mae_loss", "LOSSES", "amplitude_loss", "DEFAULT_RATE_FLOOR",
+    "poisson_nll", "mae_loss", "INPUT_KINDS", "BACKPROJECTION_FLOOR", "backprojection",
+    "dominant_mode", "InputTransform", "LOSSES", "amplitude_loss", "DEFAULT_RATE_FLOOR",
     "choose_probe_gain", "auto_probe_gain", "CALIBRATED_GAIN_RANGE", "PROBE_GAIN_MODES",
 ]
 
@@ -127,6 +128,91 @@ def network_input(X, scale: float):
     if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
         raise ValueError(f"intensity scale must be a finite number > 0, got {scale!r}")
     return X / scale
+
+
+# ----------------------------------------------------------------------------- network input
+#: what the network sees per pattern: ``amplitude`` = X / s (one channel, PtychoPINN's);
+#: ``backprojection`` = X / s plus the real and imaginary part of :func:`backprojection`
+INPUT_KINDS = ("amplitude", "backprojection")
+#: Wiener-style floor of the probe division, as a fraction of max |probe|^2
+BACKPROJECTION_FLOOR = 0.05
+
+
+def dominant_mode(probe: torch.Tensor) -> torch.Tensor:
+    """The probe (N, N) itself, or of incoherent modes (M, N, N) the one with the most power."""
+    if probe.dim() == 2:
+        return probe
+    if probe.dim() != 3:
+        raise ValueError(f"probe must be (N, N) or modes (M, N, N), got shape {tuple(probe.shape)}")
+    power = probe.abs().square().sum(dim=(-2, -1))
+    return probe[int(torch.argmax(power))]
+
+
+def backprojection(X: torch.Tensor, probe: torch.Tensor, gain: float = 1.0,
+                   floor: float = BACKPROJECTION_FLOOR) -> torch.Tensor:
+    """A real-space first estimate of every object patch from its pattern alone:
+
+        O0 = conj(P) * ifft2(ifftshift(X / g * exp(i arg fftshift(fft2(P))))) / (|P|^2 + floor * max|P|^2)
+
+    the measured amplitudes with the empty probe's far-field phase, propagated back and
+    divided by the probe (regularised where it is dark). For a weak object it is the
+    in-line hologram of the patch: its features sit where the object's are, so a
+    convolutional or Fourier network refines an image aligned with its output instead of
+    inverting a diffraction pattern (docs/training.md §11). X (..., N, N) real amplitudes in
+    count units; probe (N, N) or modes (M, N, N) (the dominant mode is used); returns
+    (..., N, N) complex, ~1 where the object is empty and g is right.
+    """
+    factors = _backprojection_factors(torch.as_tensor(probe, device=X.device), floor)
+    if factors[0].shape != X.shape[-2:]:
+        raise ValueError(f"patterns {tuple(X.shape)} and probe {tuple(factors[0].shape)} must have the "
+                         "same last two dimensions (N, N)")
+    return _backproject(X, gain, factors)
+
+
+def _backprojection_factors(probe: torch.Tensor, floor: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(exp(i arg fftshift(fft2(P))), conj(P) / (|P|^2 + floor max|P|^2)) of the dominant mode."""
+    P = dominant_mode(probe).to(torch.complex64)
+    power = P.abs().square()
+    return torch.sgn(far_field(P)), P.conj() / (power + floor * power.max())
+
+
+def _backproject(X: torch.Tensor, gain: float, factors) -> torch.Tensor:
+    far_phase, inverse = factors
+    return torch.fft.ifft2(torch.fft.ifftshift((X / gain) * far_phase, dim=(-2, -1)), norm="ortho") * inverse
+
+
+class InputTransform:
+    """Measured amplitudes (B, C, N, N) in count units -> the network input, in one place
+    for training and inference (the bundle stores kind, scale, probe and gain):
+    ``amplitude``: X / s, (B, C, N, N); ``backprojection``: (B, 3C, N, N), the C channels of
+    X / s, then Re and Im of :func:`backprojection` (probe and gain as at training)."""
+
+    def __init__(self, kind: str, scale: float, probe=None, gain: float = 1.0):
+        if kind not in INPUT_KINDS:
+            raise ValueError(f"network input must be one of {', '.join(INPUT_KINDS)}, got {kind!r}")
+        network_input(torch.zeros(1), scale)  # checks the scale
+        if kind == "backprojection" and probe is None:
+            raise ValueError("the backprojection input needs the probe")
+        if not (math.isfinite(float(gain)) and float(gain) > 0):
+            raise ValueError(f"probe gain must be a finite number > 0, got {gain!r}")
+        self.kind, self.scale, self.gain = kind, float(scale), float(gain)
+        self.probe = None if probe is None else torch.as_tensor(probe)
+        self._cache: dict = {}
+
+    @staticmethod
+    def channels(kind: str, C: int) -> int:
+        """Input channels of a network for C patterns per group."""
+        return 3 * C if kind == "backprojection" else C
+
+    def __call__(self, X: torch.Tensor) -> torch.Tensor:
+        x = network_input(X, self.scale)
+        if self.kind == "amplitude":
+            return x
+        key = str(X.device)  # the factors once per device, not per batch
+        if key not in self._cache:
+            self._cache[key] = _backprojection_factors(self.probe.to(X.device), BACKPROJECTION_FLOOR)
+        o = _backproject(X, self.gain, self._cache[key])
+        return torch.cat([x, o.real.to(x.dtype), o.imag.to(x.dtype)], dim=-3)
 
 
 # ----------------------------------------------------------------------------- losses

@@ -3,7 +3,9 @@
 One step (docs/design.md §1)::
 
     X (B, C, N, N) measured amplitudes      (C = gridsize², groups of neighbouring positions)
-      -> x = X / s                           intensity scale s (physics.network_input)
+      -> x = input(X)                        X / s (intensity scale s), and with --input
+                                             backprojection also the back-projected
+                                             patches (physics.InputTransform)
       -> patches = net(x)                    complex (B, C, N, N)           (model.py)
       -> object_big(patches, offsets)        gridsize > 1: local canvases   (object_big.py)
       -> A = g * |fft(probe * patch)|        probe gain g (physics.predicted_amplitude)
@@ -92,6 +94,7 @@ class TrainConfig:
     arch: str = "cnn"
     modes: int = 12
     blocks: int = 4
+    input: str = "amplitude"
     grad_clip: float = 0.0               # max gradient norm; 0: no clipping
     max_time: float | None = None        # minutes; stop after the epoch that crosses it
     allow_degenerate: bool = False
@@ -109,7 +112,7 @@ class TrainConfig:
     #: different value is an error
     RUN_FIELDS = ("batch_size", "gridsize", "n_groups", "lr", "lr_schedule", "seed", "val_fraction",
                   "loss", "rate_floor", "width", "amp_activation", "window", "object_big",
-                  "probe_gain", "train_probe_gain", "arch", "modes", "blocks", "grad_clip", "max_time")
+                  "probe_gain", "train_probe_gain", "arch", "modes", "blocks", "input", "grad_clip", "max_time")
 
     def validate(self) -> "TrainConfig":
         def bad(option, message):
@@ -144,6 +147,8 @@ class TrainConfig:
             bad("amp_activation", f"must be one of {', '.join(AMP_ACTIVATIONS)}, got {self.amp_activation!r}")
         if self.arch not in ARCHITECTURES:
             bad("arch", f"must be one of {', '.join(ARCHITECTURES)}, got {self.arch!r}")
+        if self.input not in physics.INPUT_KINDS:
+            bad("input", f"must be one of {', '.join(physics.INPUT_KINDS)}, got {self.input!r}")
         if int(self.modes) < 1:
             bad("modes", f"must be >= 1, got {self.modes}")
         if int(self.blocks) < 1:
@@ -423,7 +428,7 @@ def _train(config: TrainConfig, dist: Dist, device: torch.device, run_dir: Path,
     try:
         net_config = NetworkConfig(N=data.N, gridsize=config.gridsize, width=config.width,
                                    amp_activation=config.amp_activation, arch=config.arch,
-                                   modes=config.modes, blocks=config.blocks)
+                                   modes=config.modes, blocks=config.blocks, input=config.input)
     except ValueError as exc:
         raise UserError(f"train: network settings: {exc}") from None
     net = PtychoPINNNet(net_config)
@@ -464,6 +469,8 @@ def _train(config: TrainConfig, dist: Dist, device: torch.device, run_dir: Path,
     X = data.X.to(device) if device.type == "cpu" or data.X.numel() * 4 < (2 << 30) else data.X
     indices, offsets = data.indices.to(X.device), data.offsets.to(device)
     s, B = data.intensity_scale, config.batch_size
+    # the input is computed with the starting gain, also when --train-probe-gain moves it
+    transform = physics.InputTransform(config.input, s, data.probe, data.probe_gain)
     b = B // dist.world
     n_train = len(data.train_ids)
     sampler = DistributedSampler(range(n_train), num_replicas=dist.world, rank=dist.rank,
@@ -481,7 +488,7 @@ def _train(config: TrainConfig, dist: Dist, device: torch.device, run_dir: Path,
         return Xb, offsets[group_ids.to(device)]
 
     def loss_of(Xb, off):
-        predicted, amplitude = model(physics.network_input(Xb, s), off)
+        predicted, amplitude = model(transform(Xb), off)
         return predicted, physics.amplitude_loss(config.loss, amplitude, Xb, config.rate_floor)
 
     stop_at = config.epochs if config.stop_after_epoch is None else min(config.epochs, config.stop_after_epoch)
@@ -525,7 +532,7 @@ def _train(config: TrainConfig, dist: Dist, device: torch.device, run_dir: Path,
                 bar.update(B * C)
         train_seconds = time.perf_counter() - t0
         train_loss = dist.all_reduce_sum([loss_sum], device)[0] / max(steps * dist.world, 1)
-        val_loss = _validate(module, data, val_ids, indices, X, offsets, s, b, config, device, dist)
+        val_loss = _validate(module, data, val_ids, indices, X, offsets, transform, b, config, device, dist)
         seconds = time.perf_counter() - t0
         lr_used = optimizer.param_groups[0]["lr"]
         scheduler.after_epoch(val_loss if val_loss is not None else train_loss)
@@ -556,7 +563,7 @@ def _train(config: TrainConfig, dist: Dist, device: torch.device, run_dir: Path,
         if finished:
             bundle_dir = save_bundle(
                 run_dir / RUN_BUNDLE_SUBDIR, module.net, intensity_scale=s, probe_gain=module.gain,
-                probe=data.probe, window=config.window, object_big=config.object_big,
+                probe=data.probe, input_gain=data.probe_gain, window=config.window, object_big=config.object_big,
                 local_canvas_size=data.canvas_size, training_data=data.fingerprint,
                 training={"loss": config.loss, "epochs": config.epochs, "epochs_done": epochs_done,
                           "max_time_min": config.max_time, "training_seconds": spent,
@@ -606,7 +613,7 @@ def _check_amplitude(predicted: torch.Tensor, counts: dict, config: TrainConfig,
 
 
 @torch.no_grad()
-def _validate(module, data: _Data, val_ids, indices, X, offsets, s, b, config, device, dist):
+def _validate(module, data: _Data, val_ids, indices, X, offsets, transform, b, config, device, dist):
     if len(data.val_ids) == 0:
         return None
     module.eval()
@@ -614,7 +621,7 @@ def _validate(module, data: _Data, val_ids, indices, X, offsets, s, b, config, d
     for start in range(0, len(val_ids), max(b, 1)):
         gids = val_ids[start:start + b]
         Xb = X[indices[gids.to(indices.device)]].to(device)
-        _, amplitude = module(physics.network_input(Xb, s), offsets[gids.to(device)])
+        _, amplitude = module(transform(Xb), offsets[gids.to(device)])
         total += float(physics.amplitude_loss(config.loss, amplitude, Xb, config.rate_floor, reduction="sum"))
         count += Xb.numel()
     total, count = dist.all_reduce_sum([total, float(count)], device)
@@ -708,6 +715,10 @@ def add_cli_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--arch", choices=ARCHITECTURES, default=None,
                    help=f"generator: cnn (PtychoPINN's encoder/decoder) or ffno (factorised Fourier "
                         f"layers + a conv refiner) (default: {d.arch})")
+    m.add_argument("--input", choices=physics.INPUT_KINDS, default=None,
+                   help=f"network input: amplitude (the measured amplitudes X / s, PtychoPINN's) or "
+                        f"backprojection (X / s plus each pattern propagated back through the probe: "
+                        f"an image aligned with the output, docs/training.md) (default: {d.input})")
     m.add_argument("--width", type=float, default=None,
                    help=f"size multiplier s: cnn conv blocks of 32s, 64s, 128s filters; ffno 32s "
                         f"channels (default: {d.width:g})")

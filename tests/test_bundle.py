@@ -109,7 +109,12 @@ def test_missing_scale_or_gain_is_rejected(tmp_path, removed):
     (lambda i: i.update(probe_gain=None), "missing required field: probe_gain"),
     (lambda i: i.update(intensity_scale=-1.0), "intensity_scale must be a finite number > 0"),
     (lambda i: i.update(probe_gain="big"), "probe_gain must be a number"),
-    (lambda i: i.update(format_version=3), "unknown format_version 3"),
+    (lambda i: i.update(format_version=4), "unknown format_version 4"),
+    (lambda i: i["network"].pop("input"), "missing required field: network.input"),
+    (lambda i: i["network"].pop("input_gain"), "missing required field: network.input_gain"),
+    (lambda i: i["network"].update(input="log"), "input must be one of amplitude, backprojection"),
+    (lambda i: i["network"].update(input=3), "network.input must be a string"),
+    (lambda i: i["network"].update(input_gain=0), "input_gain must be a finite number > 0"),
     (lambda i: i["network"].pop("arch"), "missing required field: network.arch"),
     (lambda i: i["network"].update(arch="unet"), "arch must be one of cnn, ffno"),
     (lambda i: (i["network"].update(arch="ffno"), i["network"].pop("modes")),
@@ -256,7 +261,7 @@ def test_ffno_round_trip_names_the_architecture(tmp_path, fmt):
     model = _model(arch="ffno", modes=6, blocks=2)
     path = _save(tmp_path / "b", model, fmt)
     info = json.loads((path / "bundle.json").read_text())
-    assert info["format_version"] == bundle_mod.FORMAT_VERSION == 2
+    assert info["format_version"] == bundle_mod.FORMAT_VERSION == 3
     assert info["network"]["arch"] == "ffno" and (info["network"]["modes"], info["network"]["blocks"]) == (6, 2)
     b = load_bundle(path)
     assert (b.network.arch, b.network.modes, b.network.blocks) == ("ffno", 6, 2)
@@ -273,7 +278,7 @@ def test_a_version_1_bundle_still_loads_as_a_cnn(tmp_path):
     def as_version_1(info):
         info["format_version"] = 1
         net = info["network"]
-        for k in ("arch", "modes", "blocks"):
+        for k in ("arch", "modes", "blocks", "input", "input_gain"):
             net.pop(k)
         net["architecture"] = "ptychopinn-unet"
     _edit_json(path, as_version_1)
@@ -282,3 +287,43 @@ def test_a_version_1_bundle_still_loads_as_a_cnn(tmp_path):
     X = _X()
     with torch.no_grad():
         assert torch.equal(b.predict(X), model(X / SCALE))
+
+
+def test_a_version_2_bundle_loads_with_the_amplitude_input(tmp_path):
+    """Bundles written before the input choice: format_version 2, no network.input."""
+    model = _model()
+    path = _save(tmp_path / "b", model, "torch")
+
+    def as_version_2(info):
+        info["format_version"] = 2
+        info["network"].pop("input")
+        info["network"].pop("input_gain")
+    _edit_json(path, as_version_2)
+    b = load_bundle(path)
+    assert b.network.input == "amplitude" and b.input_gain == GAIN
+    X = _X()
+    with torch.no_grad():
+        assert torch.equal(b.predict(X), model(X / SCALE))
+
+
+@pytest.mark.parametrize("arch", ["cnn", "ffno"])
+def test_backprojection_round_trip_uses_the_stored_probe_and_input_gain(tmp_path, arch):
+    """The bundle's input is rebuilt from what it stores: kind, scale, probe, input gain
+    (not the trained probe gain) — an edit of any of them changes the prediction."""
+    model = _model(arch=arch, input="backprojection")
+    path = _save(tmp_path / "b", model, "torch", input_gain=1.25)
+    info = json.loads((path / "bundle.json").read_text())
+    assert info["format_version"] == 3
+    assert (info["network"]["input"], info["network"]["input_gain"]) == ("backprojection", 1.25)
+    b = load_bundle(path)
+    assert (b.network.input, b.input_gain, b.probe_gain) == ("backprojection", 1.25, GAIN)
+    X = _X()
+    x = physics.InputTransform("backprojection", SCALE, _probe(), 1.25)(X)
+    assert x.shape == (3, 12, N, N)
+    with torch.no_grad():
+        expected = model(x)
+    assert torch.equal(b.predict(X), expected)
+    raw, _ = BundlePredictor(b)(X, OFFSETS)
+    assert torch.equal(raw, expected)
+    _edit_json(path, lambda i: i["network"].update(input_gain=2.5))
+    assert not torch.allclose(load_bundle(path).predict(X), expected)

@@ -151,9 +151,32 @@ def test_config_and_input_errors():
         NetworkConfig(N=32, arch="ffno", modes=18)
     with pytest.raises(ValueError, match="blocks"):
         NetworkConfig(arch="ffno", blocks=0)
+    with pytest.raises(ValueError, match="input must be one of amplitude, backprojection"):
+        NetworkConfig(input="log")
     cfg = NetworkConfig(N=32, gridsize=2, width=0.25)
     assert cfg.to_dict() == {"N": 32, "gridsize": 2, "width": 0.25, "amp_activation": "exp",
-                             "filters": [8, 16, 32], "arch": "cnn", "modes": 12, "blocks": 4}
+                             "filters": [8, 16, 32], "arch": "cnn", "modes": 12, "blocks": 4,
+                             "input": "amplitude"}
     net = PtychoPINNNet(cfg)
     with pytest.raises(ValueError, match=r"\(B, 4, 32, 32\)"):
         net(torch.rand(1, 1, 32, 32))
+
+
+@pytest.mark.parametrize("arch", ["cnn", "ffno"])
+def test_backprojection_input_takes_3c_channels_and_uses_them_at_full_resolution(arch):
+    """3C input channels; the CNN's heads see the input itself (a full-resolution skip):
+    a one-pixel change of the back-projection channels changes the output there."""
+    torch.manual_seed(0)
+    net = PtychoPINNNet(N=32, gridsize=2, width=0.25, arch=arch, input="backprojection").eval()
+    assert net.config.in_channels == 12
+    x = torch.rand(2, 12, 32, 32)
+    out = net(x)
+    assert out.shape == (2, 4, 32, 32) and out.dtype == torch.complex64
+    with pytest.raises(ValueError, match=r"\(B, 3C, N, N\) = \(B, 12, 32, 32\)"):
+        net(torch.rand(2, 4, 32, 32))
+    x2 = x.clone()
+    x2[:, 4:, 16, 16] += 1.0
+    with torch.no_grad():
+        assert not torch.allclose(net(x2), out)
+    if arch == "cnn":
+        assert net.amplitude_decoder.head[0].in_channels == net.config.filters[0] + 12

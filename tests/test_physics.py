@@ -201,3 +201,85 @@ def test_gradient_nonzero_where_the_rate_is_positive(gen):
     far = torch.fft.fftshift(torch.fft.fft2(patches * probe, norm="ortho"), dim=(-2, -1))
     physics.mae_loss(far.abs(), measured).backward()
     torch.testing.assert_close(g1, patches.grad, rtol=1e-10, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------- backprojection input
+def _defocused_probe(N=64, seed=None):
+    """A soft disc with a quadratic phase: bright centre, defocus makes the hologram."""
+    r = torch.arange(N, dtype=torch.float64) - N / 2
+    rr = r[:, None] ** 2 + r[None, :] ** 2
+    return (torch.exp(-rr / (2 * (N / 6) ** 2)) * torch.exp(1j * 0.01 * rr)).to(torch.complex64) * 20
+
+
+def _asymmetric_phase(N=64):
+    """Features that a flip, transpose or shift moves: an L of bars and an off-centre dot."""
+    phi = torch.zeros(N, N)
+    phi[20:44, 22:26] = 1.0        # long vertical bar
+    phi[40:44, 26:38] = 1.0        # foot of the L, to the right
+    yy, xx = torch.meshgrid(torch.arange(N), torch.arange(N), indexing="ij")
+    phi[(yy - 26) ** 2 + (xx - 38) ** 2 < 9] = 1.0   # dot upper right
+    return phi
+
+
+def test_backprojection_of_an_empty_object_is_one_where_the_probe_is_bright():
+    P = _defocused_probe()
+    X = physics.diffraction_amplitude(torch.ones(64, 64, dtype=torch.complex64), P)
+    O0 = physics.backprojection(X, P, gain=1.0)
+    power = P.abs().square()
+    bright = power > 0.5 * power.max()
+    expected = power / (power + physics.BACKPROJECTION_FLOOR * power.max())   # the Wiener factor
+    torch.testing.assert_close(O0.real[bright], expected[bright], atol=1e-4, rtol=1e-4)
+    assert float(O0.imag[bright].abs().max()) < 1e-4
+    # the gain divides: patterns measured with gain 3 back-project to the same object
+    torch.testing.assert_close(physics.backprojection(3 * X, P, gain=3.0), O0, atol=1e-5, rtol=1e-5)
+
+
+def test_backprojection_sees_the_object_where_it_is_not_its_mirror_or_shift():
+    """The convention: O0 of an asymmetric weak phase object correlates with the object,
+    and clearly less with its flips, transpose and a 2-pixel shift (which a sign or axis
+    slip in the propagation would give)."""
+    P = _defocused_probe()
+    phi = _asymmetric_phase()
+    O = torch.polar(torch.ones(64, 64), 0.3 * phi).to(torch.complex64)
+    O0 = physics.backprojection(physics.diffraction_amplitude(O, P), P)
+    power = P.abs().square()
+    bright = power > 0.3 * power.max()
+
+    def corr(a, b):
+        a, b = a[bright] - a[bright].mean(), b[bright] - b[bright].mean()
+        return float((a * b).sum() / (a.norm() * b.norm()))
+    seen = torch.angle(O0)
+    true = corr(seen, phi)
+    assert true > 0.5, true
+    for name, wrong in [("flip y", phi.flip(0)), ("flip x", phi.flip(1)), ("transpose", phi.T),
+                        ("shift", torch.roll(phi, (2, 2), (0, 1)))]:
+        assert corr(seen, wrong) < true - 0.2, (name, corr(seen, wrong), true)
+
+
+def test_input_transform_kinds_channels_and_errors():
+    g = torch.Generator().manual_seed(0)
+    X = torch.rand(3, 4, 64, 64, generator=g) * 30
+    P = _defocused_probe()
+    amp = physics.InputTransform("amplitude", 2.5)
+    torch.testing.assert_close(amp(X), X / 2.5)
+    bp = physics.InputTransform("backprojection", 2.5, P, gain=1.5)
+    x = bp(X)
+    assert x.shape == (3, 12, 64, 64) and x.dtype == torch.float32
+    torch.testing.assert_close(x[:, :4], X / 2.5)
+    O0 = physics.backprojection(X, P, gain=1.5)
+    torch.testing.assert_close(x[:, 4:8], O0.real)
+    torch.testing.assert_close(x[:, 8:], O0.imag)
+    assert physics.InputTransform.channels("backprojection", 4) == 12
+    assert physics.InputTransform.channels("amplitude", 4) == 4
+    # incoherent modes: the dominant one is used
+    modes = torch.stack([0.1 * P.flip(0), P])
+    assert torch.equal(physics.dominant_mode(modes), P)
+    torch.testing.assert_close(physics.InputTransform("backprojection", 2.5, modes, 1.5)(X), x)
+    with pytest.raises(ValueError, match="one of amplitude, backprojection"):
+        physics.InputTransform("log", 1.0)
+    with pytest.raises(ValueError, match="needs the probe"):
+        physics.InputTransform("backprojection", 1.0)
+    with pytest.raises(ValueError, match="probe gain must be a finite number > 0"):
+        physics.InputTransform("backprojection", 1.0, P, gain=0.0)
+    with pytest.raises(ValueError, match="same last two dimensions"):
+        physics.backprojection(X[..., :32, :32], P)
