@@ -503,6 +503,7 @@ def run_infer(config: InferConfig, predictor=None) -> InferResult:
     device = resolve_device(config.device)
     t0 = time.perf_counter()
     bundle = load_bundle(model_path, device=device)
+    bundle.model.use_channels_last()   # the CNN 2-3x faster on CPU (model.use_channels_last)
     dataset = load_dataset_reporting(data_path, warn, lazy=True)
     load_time = time.perf_counter() - t0
     with dataset:

@@ -89,12 +89,12 @@ class TrainConfig:
     deterministic: bool = False
     loss: str = "poisson"
     rate_floor: float = physics.DEFAULT_RATE_FLOOR
-    width: float = 2.0
+    width: float = 0.5                   # measured best in a fixed CPU budget (docs/training.md §11)
     amp_activation: str = "exp"
     arch: str = "cnn"
     modes: int = 12
     blocks: int = 4
-    input: str = "amplitude"
+    input: str = "backprojection"        # the measured fix of issue 11 (docs/training.md §11)
     grad_clip: float = 0.0               # max gradient norm; 0: no clipping
     max_time: float | None = None        # minutes; stop after the epoch that crosses it
     allow_degenerate: bool = False
@@ -112,7 +112,10 @@ class TrainConfig:
     #: different value is an error
     RUN_FIELDS = ("batch_size", "gridsize", "n_groups", "lr", "lr_schedule", "seed", "val_fraction",
                   "loss", "rate_floor", "width", "amp_activation", "window", "object_big",
-                  "probe_gain", "train_probe_gain", "arch", "modes", "blocks", "input", "grad_clip", "max_time")
+                  "probe_gain", "train_probe_gain", "arch", "modes", "blocks", "input", "grad_clip", "max_time",
+                  "deterministic")
+    #: what runs checkpointed before a field existed used (their checkpoints lack it)
+    LEGACY_RUN_FIELDS = {"input": "amplitude"}
 
     def validate(self) -> "TrainConfig":
         def bad(option, message):
@@ -354,7 +357,8 @@ def _merge_resume(config: TrainConfig, explicit: set[str], ckpt: dict) -> TrainC
     if conflicts:
         raise UserError("--resume: these options differ from the interrupted run: "
                         + "; ".join(conflicts) + ". Omit them, or start a new run with another --out")
-    merged = dataclasses.replace(config, **{k: stored[k] for k in config.RUN_FIELDS})
+    merged = dataclasses.replace(config, **{k: stored.get(k, config.LEGACY_RUN_FIELDS.get(k, getattr(config, k)))
+                                            for k in config.RUN_FIELDS})
     stored_epochs = int(stored["epochs"])
     if "epochs" not in explicit:
         merged.epochs = stored_epochs
@@ -432,6 +436,8 @@ def _train(config: TrainConfig, dist: Dist, device: torch.device, run_dir: Path,
     except ValueError as exc:
         raise UserError(f"train: network settings: {exc}") from None
     net = PtychoPINNNet(net_config)
+    if not config.deterministic:
+        net.use_channels_last()   # faster; not bit-for-bit repeatable across processes
     probe_t = torch.as_tensor(data.probe)
     C = net_config.C
     merge = None

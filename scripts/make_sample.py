@@ -1,22 +1,25 @@
 #!/usr/bin/env python
 """Regenerate the bundled sample of ``ptycho-fast infer`` (ptycho_fast/sample/).
 
-    PYTHONPATH=. python scripts/make_sample.py            # ~8 min on 2 CPU cores
+    PYTHONPATH=. python scripts/make_sample.py            # ~10 min on 2 CPU cores
     PYTHONPATH=. python scripts/make_sample.py --check    # also report the SSIM vs the truth
 
 What it does (every step seeded; docs/inference.md §6):
 
-1. simulates a TRAINING set with ``ptycho_fast.simulate`` (N = 64, TRAIN_PATTERNS patterns,
-   a smooth random object, aperture probe, 1e6 photons/pattern, Poisson noise, seed
-   TRAIN_SEED) into a temporary directory — it is not shipped;
+1. simulates a TRAINING set with ``ptycho_fast.simulate`` (N = 64, TRAIN_PATTERNS patterns
+   over a TRAIN_OBJECT_SIZE² realistic "mixed" object — lines, blobs, discs, a bar target,
+   a Siemens star — aperture probe of 32 px, raster step 11 px, Fourier-shifted forward
+   model, 1e6 photons/pattern, Poisson noise, seed TRAIN_SEED) into a temporary
+   directory — it is not shipped;
 2. simulates the SAMPLE dataset the same way with another seed (SAMPLE_SEED) and fewer
    patterns (another object realisation, a "beamline" scan the model never saw), and
    writes ``sample.npz`` with the diffraction stored as integer **counts** (uint16; the
    data layer reads integer data as counts and takes the square root, exactly recovering
    the float32 amplitudes) in a compressed NPZ, so it stays small;
 3. trains the PtychoPINN model on the training set with ``ptycho_fast.train.train``
-   (gridsize 2, width WIDTH, EPOCHS epochs, seed 0, deterministic algorithms) and copies
-   its model bundle to ``model/``;
+   (the train defaults — CNN, backprojection input, gridsize 2, width 0.5, batch 16, lr
+   1e-3 cosine — for EPOCHS epochs, seed 0, deterministic algorithms) and copies its model
+   bundle to ``model/``;
 4. writes ``provenance.json`` (seeds, sizes, settings, versions, run time and, with
    ``--check``, the reconstruction's SSIM against the ground truth).
 
@@ -48,15 +51,18 @@ from ptycho_fast.simulate import SimulationConfig, simulate, simulate_to_file  #
 from ptycho_fast.train import TrainConfig, train  # noqa: E402
 
 N = 64
-TRAIN_PATTERNS = 1024
+TRAIN_PATTERNS = 1600
+TRAIN_OBJECT_SIZE = 512
 TRAIN_SEED = 1
 SAMPLE_PATTERNS = 256
 SAMPLE_SEED = 2
-OBJECT = "random"      # smooth Gaussian random field: learnable in minutes (thin "lines" are not)
+OBJECT = "mixed"       # realistic: fine lines, blobs, discs, a bar target, a Siemens star
+#: the scan both sets share (benchmarks/quality_budget.py uses the same)
+SCAN = dict(forward="fourier", probe_diameter=32.0, step=11.0)
 GRIDSIZE = 2
-WIDTH = 0.5            # conv blocks of 16, 32, 64 filters: 152k parameters, 0.6 MB
-EPOCHS = 50
-BATCH_SIZE = 8         # more, smaller steps learn faster in a short budget than 16
+WIDTH = 0.5            # conv blocks of 16, 32, 64 filters (train's default)
+EPOCHS = 60
+BATCH_SIZE = 16        # train's default
 LR = 1e-3              # cosine schedule (train's default) down to 1e-5
 TRAIN_SEED_MODEL = 0
 DEFAULT_OUT = ROOT / "ptycho_fast" / "sample"
@@ -122,9 +128,10 @@ def main(argv=None) -> int:
     staging = Path(tempfile.mkdtemp(prefix=".sample-new.", dir=out.parent))
     try:
         train_file = work / "train.npz"
-        print(simulate_to_file(SimulationConfig(N=N, n_patterns=args.train_patterns, object=OBJECT), train_file,
+        print(simulate_to_file(SimulationConfig(N=N, n_patterns=args.train_patterns, object=OBJECT,
+                                                object_size=TRAIN_OBJECT_SIZE, **SCAN), train_file,
                                "npz", seed=TRAIN_SEED, progress=False), flush=True)
-        sample = simulate(SimulationConfig(N=N, n_patterns=SAMPLE_PATTERNS, object=OBJECT), seed=SAMPLE_SEED)
+        sample = simulate(SimulationConfig(N=N, n_patterns=SAMPLE_PATTERNS, object=OBJECT, **SCAN), seed=SAMPLE_SEED)
         write_sample_npz(sample, staging / "sample.npz")
         print(f"sample: {sample.summary()} -> {staging / 'sample.npz'}", flush=True)
 
@@ -144,14 +151,15 @@ def main(argv=None) -> int:
         provenance = {
             "made_by": "scripts/make_sample.py",
             "training_set": {"N": N, "n_patterns": args.train_patterns, "seed": TRAIN_SEED,
-                             "object": OBJECT,
-                             "simulation": "ptycho_fast.simulate defaults otherwise (aperture probe "
-                                           "of diameter N/3, raster scan, overlap 0.7, 1e6 "
-                                           "photons/pattern, Poisson noise)"},
+                             "object": OBJECT, "object_size": TRAIN_OBJECT_SIZE, "scan": SCAN,
+                             "simulation": "ptycho_fast.simulate defaults otherwise (aperture probe, "
+                                           "raster scan, 1e6 photons/pattern, Poisson noise)"},
             "sample": {"file": "sample.npz", "N": N, "n_patterns": SAMPLE_PATTERNS, "seed": SAMPLE_SEED,
+                       "object": OBJECT, "scan": SCAN,
                        "diffraction_stored_as": "uint16 counts (read back as sqrt(counts))",
                        "object_shape": list(sample.object.shape)},
-            "model": {"dir": "model", "gridsize": GRIDSIZE, "width": args.width, "epochs": args.epochs,
+            "model": {"dir": "model", "arch": result.model.config.arch, "input": result.model.config.input,
+                      "gridsize": GRIDSIZE, "width": args.width, "epochs": args.epochs,
                       "batch_size": BATCH_SIZE, "lr": LR, "seed": TRAIN_SEED_MODEL, "deterministic": True,
                       "final_train_loss": result.history[-1]["train_loss"],
                       "final_val_loss": result.history[-1]["val_loss"],

@@ -180,3 +180,26 @@ def test_backprojection_input_takes_3c_channels_and_uses_them_at_full_resolution
         assert not torch.allclose(net(x2), out)
     if arch == "cnn":
         assert net.amplitude_decoder.head[0].in_channels == net.config.filters[0] + 12
+
+
+@pytest.mark.parametrize("input_kind", ["amplitude", "backprojection"])
+def test_channels_last_is_the_same_network_up_to_round_off(input_kind):
+    """use_channels_last changes the memory layout only: the same outputs and gradients to
+    float32 round-off, and a contiguous state dict key for key."""
+    torch.manual_seed(0)
+    net = PtychoPINNNet(N=32, gridsize=2, width=0.25, input=input_kind)
+    fast = PtychoPINNNet(N=32, gridsize=2, width=0.25, input=input_kind)
+    fast.load_state_dict(net.state_dict())
+    fast.use_channels_last()
+    assert fast.channels_last and fast.encoder[0][0].weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.rand(3, net.config.in_channels, 32, 32)
+    out, out_fast = net(x), fast(x)
+    assert out_fast.is_contiguous()
+    torch.testing.assert_close(out_fast, out, rtol=1e-4, atol=1e-5)
+    out.abs().sum().backward()
+    out_fast.abs().sum().backward()
+    for (name, p), q in zip(net.named_parameters(), fast.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-3, atol=1e-5, msg=name)
+    assert set(fast.state_dict()) == set(net.state_dict())
+    fast.use_channels_last(False)
+    assert not fast.channels_last and fast.encoder[0][0].weight.is_contiguous()

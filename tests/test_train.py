@@ -24,9 +24,11 @@ from ptycho_fast.train import (CHECKPOINT, EXIT_COLLAPSE, LOSSES_CSV, LOSSES_JSO
 
 REPO = Path(__file__).resolve().parents[1]
 EPOCHS = 4
-# the options every comparable run shares (a tiny network: fast on 2 CPU cores)
+# the options every comparable run shares (a tiny network: fast on 2 CPU cores). The
+# bit-for-bit comparisons use the amplitude input: with the backprojection input, runs in
+# different processes were measured to differ in float32 round-off (docs/training.md §5)
 OPTIONS = dict(epochs=EPOCHS, width=0.25, gridsize=2, batch_size=16, seed=0, deterministic=True,
-               quiet=True)
+               quiet=True, input="amplitude")
 
 
 def cli_args(data, out, **extra):
@@ -256,16 +258,18 @@ def test_ffno_smoke_training_lowers_the_loss_and_round_trips(data_file, tmp_path
     assert_same_weights(b.model.state_dict(), result.model.state_dict())
 
 
-def test_backprojection_input_trains_and_the_bundle_rebuilds_it(data_file, reference_run, tmp_path):
+def test_backprojection_input_trains_and_the_bundle_rebuilds_it(data_file, tmp_path):
     """--input backprojection: the loss falls, and below the amplitude input's in the same
     epochs (7.5 -> 5.8 here); the bundle records the input and the gain it was computed
     with (the starting gain, also when the gain is trained), and the bundle's input equals
     the one training used."""
-    result = train(TrainConfig(data=str(data_file), out=str(tmp_path / "run"), input="backprojection",
-                               train_probe_gain=True, **OPTIONS))
+    result = train(TrainConfig(data=str(data_file), out=str(tmp_path / "run"), train_probe_gain=True,
+                               **{**OPTIONS, "input": "backprojection"}))
+    amplitude = train(TrainConfig(data=str(data_file), out=str(tmp_path / "amp"), **OPTIONS))
     losses = [r["train_loss"] for r in result.history]
     assert losses[-1] < 0.85 * losses[0], losses
-    assert losses[-1] < 0.9 * reference_run.history[-1]["train_loss"]
+    assert losses[-1] < 0.9 * amplitude.history[-1]["train_loss"]
+    assert load_bundle(amplitude.run_dir).network.input == "amplitude"
     b = load_bundle(result.run_dir)
     cfg = json.loads((result.run_dir / "train_config.json").read_text())
     start_gain = cfg["computed"]["probe_gain"]
