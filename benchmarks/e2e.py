@@ -39,6 +39,13 @@ def run_stage(name: str, args: list[str], log: list[str]) -> float:
     return seconds
 
 
+def write_report(out: Path, report: str, log: list[str]) -> None:
+    """report.md (printed too) and log.txt (every stage's command and output) into ``out``."""
+    (out / "report.md").write_text(report + "\n")
+    (out / "log.txt").write_text("\n\n".join(log) + "\n")
+    print(report)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="docs/e2e", help="report directory (default docs/e2e)")
@@ -92,9 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         (out / "infer_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         (out / "train_split.json").write_text(json.dumps(split, indent=2) + "\n")
         history = json.loads((run_dir / "losses.json").read_text())
-        (out / "report.md").write_text(render(args, times, metrics, summary, split, history) + "\n")
-        (out / "log.txt").write_text("\n\n".join(log) + "\n")
-        print((out / "report.md").read_text())
+        write_report(out, render(args, times, metrics, summary, split, history), log)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

