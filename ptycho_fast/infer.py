@@ -86,8 +86,9 @@ WINDOWS = ("probe", "mask", "ones")
 _WINDOW_KIND = {"probe": "probe", "mask": "central", "ones": "ones"}
 FORMATS, DEFAULT_FORMATS = result_files.FORMATS, result_files.DEFAULT_FORMATS
 OPS = fast_ops.BACKENDS
-#: groups per network call
-DEFAULT_BATCH_SIZE = 64
+#: groups per network call: 16 measured fastest for the default CNN on 2 CPU cores (network
+#: stage 635-690 patterns/s vs 504-535 at 64, docs/benchmarks.md); raise it on a GPU
+DEFAULT_BATCH_SIZE = 16
 #: a canvas pixel is covered when its accumulated weight exceeds this fraction of the
 #: largest accumulated weight; uncovered pixels are 0 in the object (never divided)
 COVERAGE_FLOOR = 1e-6
