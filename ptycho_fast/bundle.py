@@ -55,6 +55,8 @@ FORMAT = "ptycho_fast.model_bundle"
 #: and 2 predate the choice and load as "amplitude", the only input they knew
 FORMAT_VERSION = 3
 SUPPORTED_VERSIONS = (1, 2, 3)
+#: the first version that names the network input
+INPUT_VERSION = 3
 BUNDLE_JSON = "bundle.json"
 PROBE_FILE = "probe.npy"
 WEIGHTS_SAFETENSORS = "weights.safetensors"
@@ -120,6 +122,7 @@ class Bundle:
     local_canvas_size: int | None
     info: dict = field(repr=False)
     path: Path | None = None
+    _transform: physics.InputTransform | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def N(self) -> int:  # noqa: N802
@@ -150,7 +153,7 @@ class Bundle:
 
     def input_transform(self) -> physics.InputTransform:
         """The training run's network input (kind, stored scale, probe and gain)."""
-        if getattr(self, "_transform", None) is None:
+        if self._transform is None:
             self._transform = physics.InputTransform(self.network.input, self.intensity_scale,
                                                      self.probe, self.input_gain)
         return self._transform
@@ -338,7 +341,7 @@ def _check_fields(info: dict, where: str) -> None:
         net = info.get("network")
         arch = net.get("arch") if isinstance(net, dict) else None
         required += REQUIRED_V2.get(arch, ("network.arch",))
-    if info.get("format_version") not in (1, 2):
+    if info["format_version"] >= INPUT_VERSION:   # checked to be a supported version first
         required += REQUIRED_V3
     for name in required:
         try:
@@ -472,12 +475,13 @@ def load_bundle(path, device="cpu") -> Bundle:
 
     s = _positive(f"{where}: intensity_scale", info["intensity_scale"])
     g = _positive(f"{where}: probe_gain", info["probe_gain"])
-    gi = g if version in (1, 2) else _positive(f"{where}: network.input_gain", info["network"]["input_gain"])
+    names_input = version >= INPUT_VERSION
+    gi = _positive(f"{where}: network.input_gain", info["network"]["input_gain"]) if names_input else g
     try:
         net = info["network"]
         arch = "cnn" if version == 1 else net["arch"]
         extra = {"modes": net["modes"], "blocks": net["blocks"]} if arch == "ffno" else {}
-        kind = "amplitude" if version in (1, 2) else net["input"]
+        kind = net["input"] if names_input else "amplitude"
         if not isinstance(kind, str):
             raise ValueError(f"network.input must be a string, got {_short(kind)}")
         config = NetworkConfig(N=info["N"], gridsize=info["gridsize"], width=net["width"],

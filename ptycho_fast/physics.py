@@ -122,11 +122,15 @@ def predicted_amplitude(patches: torch.Tensor, probe: torch.Tensor, gain) -> tor
     return diffraction_amplitude(patches, probe) * gain
 
 
+def _check_scale(scale) -> None:
+    if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
+        raise ValueError(f"intensity scale must be a finite number > 0, got {scale!r}")
+
+
 def network_input(X, scale: float):
     """The network's input ``X / s`` (docs/design.md §3): measured amplitudes divided by the
     intensity scale, so that ``mean_p sum_ij (X_p/s)^2 = (N/2)^2`` at any dose."""
-    if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
-        raise ValueError(f"intensity scale must be a finite number > 0, got {scale!r}")
+    _check_scale(scale)
     return X / scale
 
 
@@ -190,7 +194,7 @@ class InputTransform:
     def __init__(self, kind: str, scale: float, probe=None, gain: float = 1.0):
         if kind not in INPUT_KINDS:
             raise ValueError(f"network input must be one of {', '.join(INPUT_KINDS)}, got {kind!r}")
-        network_input(torch.zeros(1), scale)  # checks the scale
+        _check_scale(scale)
         if kind == "backprojection" and probe is None:
             raise ValueError("the backprojection input needs the probe")
         if not (math.isfinite(float(gain)) and float(gain) > 0):
