@@ -45,6 +45,7 @@ def scaled(tmp_path_factory):
     """(bundle, lazily read HDF5 dataset of ~TARGET_PATTERNS patterns)."""
     model, data = infer.sample_paths()
     bundle = load_bundle(model)
+    bundle.model.use_channels_last()   # as `ptycho-fast infer` runs it (infer.run_infer)
     sample = load_dataset(data)
     P = sample.n_patterns
     H, W = sample.object.shape
